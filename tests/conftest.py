@@ -1,0 +1,51 @@
+"""Shared test fixtures: where ``../shared`` is, and Darknet models with random but realistic weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolodet.blocks.conv import ConnectedBlock, ConvBlock
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE_CFGS = sorted((SHARED / "data" / "darknet-cfg").glob("*.cfg"))
+OFFICIAL_TINY = SHARED / "weights" / "yolov3-tiny.weights"
+COCO128 = SHARED / "data" / "coco128"
+
+
+def need_shared(path: Path) -> Path:
+    """Skip the calling test cleanly when a ``../shared`` file is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is not available (../shared is absent)")
+    return path
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fill every weighted layer with random values, BN statistics included (non-trivial: mean != 0, var != 1),
+    scaled so activations stay O(1) through 100+ layers."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.layers:
+            if isinstance(layer, ConvBlock):
+                w, bn = layer.conv.weight, layer.bn
+                w.copy_(torch.randn(w.shape, generator=g) * w[0].numel() ** -0.5)
+                if bn is None:
+                    layer.conv.bias.copy_(torch.randn(w.shape[0], generator=g) * 0.1)
+            elif isinstance(layer, ConnectedBlock):
+                w, bn = layer.fc.weight, layer.bn
+                w.copy_(torch.randn(w.shape, generator=g) * w.shape[1] ** -0.5)
+                if bn is None:
+                    layer.fc.bias.copy_(torch.randn(w.shape[0], generator=g) * 0.1)
+            else:
+                continue
+            if bn is not None:
+                n = bn.num_features
+                bn.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+                bn.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                bn.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                bn.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+    return model

@@ -1,0 +1,3 @@
+"""yolodet: Darknet-faithful YOLO detection in PyTorch."""
+
+__version__ = "0.1.0"

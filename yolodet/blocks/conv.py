@@ -1,0 +1,131 @@
+"""Layers with weights: ``[convolutional]`` and ``[connected]``, plus Darknet's activations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from yolodet.blocks.base import Block, BuildContext
+from yolodet.cfg import CfgBlock
+from yolodet.registry import BLOCKS
+
+BN_EPS = 1e-5  # Darknet (AlexeyAB, and pjreddie's GPU path): (x - mean) / sqrt(var + 1e-5)
+
+
+ACTIVATIONS: dict[str, type[nn.Module] | None] = {
+    "linear": None,
+    "logistic": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "mish": nn.Mish,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+}
+"""Darknet activation name -> module (``leaky`` is handled separately: its slope is 0.1, not PyTorch's 0.01)."""
+
+
+def make_activation(block: CfgBlock, default: str) -> nn.Module:
+    """The module for ``activation=`` (Darknet's default for ``[convolutional]`` is ``logistic``)."""
+    name = block.get_str("activation", default)
+    if name == "leaky":
+        return nn.LeakyReLU(0.1)
+    if name not in ACTIVATIONS:
+        raise block.error(f"unknown activation {name!r}; known: leaky, {', '.join(sorted(ACTIVATIONS))}",
+                          "activation")
+    kind = ACTIVATIONS[name]
+    return nn.Identity() if kind is None else kind()
+
+
+class ConvBlock(Block):
+    """``[convolutional]``: Conv2d (+ BatchNorm2d, eps 1e-5) + activation. Input [B, C, H, W]."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: nn.Module, out_shape) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = conv, bn, act
+        self.out_shape = out_shape
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.act(x)
+
+    def darknet_tensors(self) -> list[torch.Tensor]:
+        """Darknet order: BN ``beta, gamma, mean, var`` (or conv ``bias``), then ``weights[n, c/groups, k, k]``."""
+        if self.bn is not None:
+            head = [self.bn.bias, self.bn.weight, self.bn.running_mean, self.bn.running_var]
+        else:
+            head = [self.conv.bias]
+        return [t.data for t in head] + [self.conv.weight.data]
+
+
+@BLOCKS.register("convolutional", keys=("filters", "size", "stride", "stride_x", "stride_y", "pad", "padding",
+                                        "groups", "dilation", "batch_normalize", "activation"))
+def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
+    """Darknet convolution: ``pad=1`` means padding = size/2 and overrides ``padding``."""
+    c, h, w = ctx.in_shape
+    filters = block.get_int("filters", 1)
+    size = block.get_int("size", 1)
+    stride = block.get_int("stride", 1)
+    stride_y, stride_x = block.get_int("stride_y", stride), block.get_int("stride_x", stride)
+    groups = block.get_int("groups", 1)
+    dilation = block.get_int("dilation", 1)
+    for key, value in (("filters", filters), ("size", size), ("stride", stride), ("stride_x", stride_x),
+                       ("stride_y", stride_y), ("groups", groups), ("dilation", dilation)):
+        if value < 1:
+            raise block.error(f"must be >= 1, got {value}", key)
+    padding = size // 2 if block.get_int("pad", 0) else block.get_int("padding", 0)
+    if padding < 0:
+        raise block.error(f"must be >= 0, got {padding}", "padding")
+    if c % groups or filters % groups:
+        raise block.error(f"groups={groups} must divide the input channels ({c}) and filters ({filters})",
+                          "groups")
+    out_h = (h + 2 * padding - dilation * (size - 1) - 1) // stride_y + 1
+    out_w = (w + 2 * padding - dilation * (size - 1) - 1) // stride_x + 1
+    if out_h < 1 or out_w < 1:
+        raise block.error(f"input {h}x{w} is too small for size={size}, stride={stride}", "size")
+    bn = bool(block.get_int("batch_normalize", 0))
+    conv = nn.Conv2d(c, filters, size, (stride_y, stride_x), padding, dilation, groups, bias=not bn)
+    norm = nn.BatchNorm2d(filters, eps=BN_EPS, momentum=0.01) if bn else None  # Darknet: rolling avg 0.99
+    return ConvBlock(conv, norm, make_activation(block, "logistic"), (filters, out_h, out_w))
+
+
+class ConnectedBlock(Block):
+    """``[connected]``: flatten [B, C*H*W] -> Linear (+ BatchNorm1d) + activation -> [B, out, 1, 1]."""
+
+    def __init__(self, fc: nn.Linear, bn: nn.BatchNorm1d | None, act: nn.Module) -> None:
+        super().__init__()
+        self.fc, self.bn, self.act = fc, bn, act
+        self.out_shape = (fc.out_features, 1, 1)
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        x = self.fc(x.flatten(1))
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.act(x)[:, :, None, None]
+
+    def darknet_tensors(self) -> list[torch.Tensor]:
+        """Darknet order: ``bias[out], weights[out*in]``, then BN ``gamma, mean, var`` when present.
+
+        With BN the Darknet ``bias`` plays the role of BN beta, so the Linear has no bias of its own here.
+        """
+        if self.bn is None:
+            return [self.fc.bias.data, self.fc.weight.data]
+        return [self.bn.bias.data, self.fc.weight.data, self.bn.weight.data, self.bn.running_mean,
+                self.bn.running_var]
+
+
+@BLOCKS.register("connected", keys=("output", "activation", "batch_normalize"))
+def build_connected(block: CfgBlock, ctx: BuildContext) -> ConnectedBlock:
+    """Fully connected layer over the flattened input."""
+    inputs = math.prod(ctx.in_shape)
+    outputs = block.get_int("output", 1)
+    if outputs < 1:
+        raise block.error(f"must be >= 1, got {outputs}", "output")
+    bn = bool(block.get_int("batch_normalize", 0))
+    norm = nn.BatchNorm1d(outputs, eps=BN_EPS, momentum=0.01) if bn else None
+    return ConnectedBlock(nn.Linear(inputs, outputs, bias=not bn), norm, make_activation(block, "logistic"))

@@ -1,0 +1,252 @@
+"""Weightless layers: pooling, upsample, route, shortcut, scale_channels and the classifier tail."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yolodet.blocks.base import Block, BuildContext, Shape
+from yolodet.blocks.conv import make_activation
+from yolodet.cfg import CfgBlock
+from yolodet.registry import BLOCKS
+
+
+class MaxPool(Block):
+    """``[maxpool]`` with Darknet's padding rule (cells outside the input behave as -inf).
+
+    Output = (w + padding - size) / stride + 1 and the window starts at -padding/2, so ``size=2 stride=1`` pads
+    one column on the right only while ``size=5/9/13 stride=1`` (SPP) pads symmetrically.
+    """
+
+    def __init__(self, size: int, stride: tuple[int, int], pads: tuple[int, int, int, int], out_shape: Shape):
+        super().__init__()
+        self.size, self.stride, self.pads = size, stride, pads  # pads: left, right, top, bottom
+        self.out_shape = out_shape
+        left, right, top, bottom = pads
+        # PyTorch's own padding is -inf too, but only symmetric and at most size/2.
+        self._native = left == right and top == bottom and left <= size // 2 and top <= size // 2
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        if self._native:
+            return F.max_pool2d(x, self.size, self.stride, (self.pads[2], self.pads[0]))
+        x = F.pad(x, self.pads, value=float("-inf"))
+        return F.max_pool2d(x, self.size, self.stride)
+
+
+@BLOCKS.register("maxpool", keys=("size", "stride", "stride_x", "stride_y", "padding"))
+def build_maxpool(block: CfgBlock, ctx: BuildContext) -> MaxPool:
+    """Darknet maxpool: ``stride`` defaults to 1, ``size`` to ``stride``, ``padding`` to ``size - 1``."""
+    c, h, w = ctx.in_shape
+    stride = block.get_int("stride", 1)
+    sy, sx = block.get_int("stride_y", stride), block.get_int("stride_x", stride)
+    size = block.get_int("size", stride)
+    padding = block.get_int("padding", size - 1)
+    for key, value in (("stride", stride), ("stride_x", sx), ("stride_y", sy), ("size", size)):
+        if value < 1:
+            raise block.error(f"must be >= 1, got {value}", key)
+    if padding < 0:
+        raise block.error(f"must be >= 0, got {padding}", "padding")
+    out_h, out_w = (h + padding - size) // sy + 1, (w + padding - size) // sx + 1
+    if out_h < 1 or out_w < 1:
+        raise block.error(f"input {h}x{w} is too small for size={size}", "size")
+    begin = padding // 2
+    right = max(0, (out_w - 1) * sx + size - w - begin)
+    bottom = max(0, (out_h - 1) * sy + size - h - begin)
+    return MaxPool(size, (sy, sx), (begin, right, begin, bottom), (c, out_h, out_w))
+
+
+class GlobalAvgPool(Block):
+    """``[avgpool]``: global average over H, W -> [B, C, 1, 1]."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.out_shape = (channels, 1, 1)
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
+@BLOCKS.register("avgpool")
+def build_avgpool(block: CfgBlock, ctx: BuildContext) -> GlobalAvgPool:
+    """Global average pooling."""
+    return GlobalAvgPool(ctx.in_shape[0])
+
+
+class Upsample(Block):
+    """``[upsample]``: nearest neighbour by an integer ``stride``, times ``scale``."""
+
+    def __init__(self, stride: int, scale: float, out_shape: Shape) -> None:
+        super().__init__()
+        self.stride, self.scale, self.out_shape = stride, scale, out_shape
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=self.stride, mode="nearest")
+        return x * self.scale if self.scale != 1 else x
+
+
+@BLOCKS.register("upsample", keys=("stride", "scale"))
+def build_upsample(block: CfgBlock, ctx: BuildContext) -> Upsample:
+    """Nearest-neighbour upsampling (default stride 2)."""
+    c, h, w = ctx.in_shape
+    stride = block.get_int("stride", 2)
+    if stride < 1:
+        raise block.error(f"only upsampling (stride >= 1) is supported, got {stride}", "stride")
+    return Upsample(stride, block.get_float("scale", 1.0), (c, h * stride, w * stride))
+
+
+class Route(Block):
+    """``[route]``: slice ``group_id`` of ``groups`` channel slices of *each* input, then concatenate."""
+
+    def __init__(self, sources: tuple[int, ...], slices: list[tuple[int, int]], out_shape: Shape) -> None:
+        super().__init__()
+        self.sources, self.slices, self.out_shape = sources, slices, out_shape
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        parts = [r if (start == 0 and stop == r.shape[1]) else r[:, start:stop]
+                 for r, (start, stop) in zip(refs, self.slices)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+
+@BLOCKS.register("route", keys=("layers", "groups", "group_id"))
+def build_route(block: CfgBlock, ctx: BuildContext) -> Route:
+    """Concatenation of earlier layers (optionally one channel group of each)."""
+    sources = tuple(ctx.resolve(block, "layers", i) for i in block.get_ints("layers"))
+    groups, group_id = block.get_int("groups", 1), block.get_int("group_id", 0)
+    if groups < 1:
+        raise block.error(f"must be >= 1, got {groups}", "groups")
+    if not 0 <= group_id < groups:
+        raise block.error(f"must be in 0..{groups - 1}, got {group_id}", "group_id")
+    slices, channels = [], 0
+    hw = ctx.shapes[sources[0]][1:]
+    for s in sources:
+        c, h, w = ctx.shapes[s]
+        if (h, w) != hw:
+            raise block.error(f"layer {s} is {h}x{w} but layer {sources[0]} is {hw[0]}x{hw[1]}; route needs "
+                              "equal spatial sizes", "layers")
+        if c % groups:
+            raise block.error(f"groups={groups} does not divide layer {s}'s {c} channels", "groups")
+        part = c // groups
+        slices.append((group_id * part, (group_id + 1) * part))
+        channels += part
+    return Route(sources, slices, (channels, *hw))
+
+
+class Shortcut(Block):
+    """``[shortcut]``: input + sum of the ``from`` outputs, then the activation.
+
+    Darknet (AlexeyAB's ``shortcut_multilayer_cpu``) adds per image over the *flattened* CHW arrays: a ``from``
+    output with fewer elements is added into the first elements only (the first channels when H, W match), one with
+    more elements contributes its first ``C*H*W`` elements.
+
+    Warning: pjreddie's Darknet instead subsamples a larger ``from`` spatially (``resnet50.cfg``'s downsampling
+    shortcuts); yolodet follows AlexeyAB, the reference for current cfgs.
+    """
+
+    def __init__(self, sources: tuple[int, ...], act: nn.Module, out_shape: Shape) -> None:
+        super().__init__()
+        self.sources, self.act, self.out_shape = sources, act, out_shape
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        out = x
+        for r in refs:
+            if r.shape == out.shape:
+                out = out + r
+            elif r.shape[2:] == out.shape[2:]:  # same H, W: the first channels
+                c = min(r.shape[1], out.shape[1])
+                out = torch.cat([out[:, :c] + r[:, :c], out[:, c:]], 1) if c < out.shape[1] else out + r[:, :c]
+            else:
+                flat, add = out.flatten(1), r.flatten(1)
+                n = min(flat.shape[1], add.shape[1])
+                out = torch.cat([flat[:, :n] + add[:, :n], flat[:, n:]], 1).view_as(out)
+        return self.act(out)
+
+
+@BLOCKS.register("shortcut", keys=("from", "activation", "weights_type", "weights_normalization"))
+def build_shortcut(block: CfgBlock, ctx: BuildContext) -> Shortcut:
+    """Residual addition of earlier layers."""
+    sources = tuple(ctx.resolve(block, "from", i) for i in block.get_ints("from"))
+    if block.get_str("weights_type", "none") != "none":
+        raise block.error("weighted shortcuts (weights_type other than none) are not supported yet",
+                          "weights_type")
+    if block.get_str("weights_normalization", "none") != "none":
+        raise block.error("weights_normalization needs weights_type, which is not supported yet",
+                          "weights_normalization")
+    return Shortcut(sources, make_activation(block, "linear"), ctx.in_shape)
+
+
+class ScaleChannels(Block):
+    """``[scale_channels]``: ``from`` output [B,C,H,W] times the input ([B,C,1,1], or [B,1,H,W] with scale_wh)."""
+
+    def __init__(self, source: int, act: nn.Module, out_shape: Shape) -> None:
+        super().__init__()
+        self.sources, self.act, self.out_shape = (source,), act, out_shape
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        return self.act(refs[0] * x)
+
+
+@BLOCKS.register("scale_channels", keys=("from", "scale_wh", "activation"))
+def build_scale_channels(block: CfgBlock, ctx: BuildContext) -> ScaleChannels:
+    """Squeeze-excitation style scaling of an earlier layer by the input."""
+    source = ctx.resolve(block, "from", block.get_int("from"))
+    c, h, w = ctx.shapes[source]
+    ci, hi, wi = ctx.in_shape
+    scale_wh = bool(block.get_int("scale_wh", 0))
+    expected = (1, h, w) if scale_wh else (c, 1, 1)
+    if (ci, hi, wi) != expected:
+        raise block.error(f"input is {ci}x{hi}x{wi}, expected {'x'.join(map(str, expected))} to scale layer "
+                          f"{source} ({c}x{h}x{w})", "from")
+    return ScaleChannels(source, make_activation(block, "linear"), (c, h, w))
+
+
+class Passthrough(Block):
+    """Identity at inference: ``[dropout]`` (``nn.Dropout`` when training) and ``[cost]``."""
+
+    def __init__(self, out_shape: Shape, p: float = 0.0) -> None:
+        super().__init__()
+        self.out_shape = out_shape
+        self.dropout = nn.Dropout(p) if p > 0 else None
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        return self.dropout(x) if self.dropout is not None else x
+
+
+@BLOCKS.register("dropout", keys=("probability",))
+def build_dropout(block: CfgBlock, ctx: BuildContext) -> Passthrough:
+    """Dropout (inverted, so identity at inference)."""
+    p = block.get_float("probability", 0.5)
+    if not 0 <= p < 1:
+        raise block.error(f"must be in [0, 1), got {p}", "probability")
+    return Passthrough(ctx.in_shape, p)
+
+
+@BLOCKS.register("cost", keys=("type", "scale", "ratio", "noobject_scale", "thresh"))
+def build_cost(block: CfgBlock, ctx: BuildContext) -> Passthrough:
+    """Training cost layer of classifier cfgs: identity here."""
+    return Passthrough(ctx.in_shape)
+
+
+class Softmax(Block):
+    """``[softmax]`` over the flattened input split into ``groups`` (temperature ``temperature``)."""
+
+    def __init__(self, groups: int, temperature: float, out_shape: Shape) -> None:
+        super().__init__()
+        self.groups, self.temperature, self.out_shape = groups, temperature, out_shape
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], self.groups, -1) / self.temperature
+        return flat.softmax(-1).reshape(x.shape)
+
+
+@BLOCKS.register("softmax", keys=("groups", "temperature"))
+def build_softmax(block: CfgBlock, ctx: BuildContext) -> Softmax:
+    """Softmax of a classifier tail."""
+    groups = block.get_int("groups", 1)
+    c, h, w = ctx.in_shape
+    if groups < 1 or (c * h * w) % groups:
+        raise block.error(f"groups={groups} must be >= 1 and divide the {c * h * w} inputs", "groups")
+    temperature = block.get_float("temperature", 1.0)
+    if temperature <= 0:
+        raise block.error(f"must be > 0, got {temperature}", "temperature")
+    return Softmax(groups, temperature, ctx.in_shape)

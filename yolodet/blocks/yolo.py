@@ -1,0 +1,118 @@
+"""``[yolo]``: a detection head. In the model it is the identity (its input is the raw head output); what it
+knows (anchors, classes, ``scale_x_y``, ``new_coords``, loss settings) is kept as a :class:`HeadSpec` that decode
+and the loss read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from yolodet.blocks.base import Block, BuildContext
+from yolodet.cfg import CfgBlock
+from yolodet.registry import BLOCKS
+
+IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Everything a ``[yolo]`` section says about its head.
+
+    Attributes:
+        layer: Darknet layer index of the ``[yolo]`` block.
+        anchors: [A, 2] (w, h) in network-input pixels, the anchors this head predicts (``mask`` applied).
+        all_anchors: [num, 2] every anchor of the cfg line (used for best-anchor assignment in training).
+        mask: indices of ``anchors`` within ``all_anchors``.
+        classes: number of classes; the head has ``A * (5 + classes)`` channels laid out per anchor as
+            ``[tx, ty, tw, th, obj, cls...]``.
+        stride: input pixels per grid cell at the cfg's network size.
+    """
+
+    layer: int
+    anchors: tuple[tuple[float, float], ...]
+    all_anchors: tuple[tuple[float, float], ...]
+    mask: tuple[int, ...]
+    classes: int
+    stride: int
+    scale_x_y: float = 1.0
+    new_coords: bool = False
+    ignore_thresh: float = 0.5
+    truth_thresh: float = 1.0
+    iou_thresh: float = 1.0
+    iou_loss: str = "mse"
+    iou_normalizer: float = 0.75
+    obj_normalizer: float = 1.0
+    cls_normalizer: float = 1.0
+    max_delta: float = float("inf")
+    random: float = 0.0
+    jitter: float = 0.2
+    label_smooth_eps: float = 0.0
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.anchors)
+
+    def anchor_tensor(self) -> torch.Tensor:
+        """[A, 2] anchors (w, h) in input pixels."""
+        return torch.tensor(self.anchors, dtype=torch.float32)
+
+
+class YoloHead(Block):
+    """Identity: the raw [B, A*(5+C), H, W] conv output *is* the head output; decode happens elsewhere."""
+
+    def __init__(self, spec: HeadSpec, out_shape) -> None:
+        super().__init__()
+        self.spec, self.out_shape = spec, out_shape
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        return x
+
+
+# Darknet keys that tune only Darknet's own training/tracking/NMS internals; accepted (so official cfgs load)
+# but not used by yolodet.
+_TOLERATED = ("nms_kind", "beta_nms", "resize", "focal_loss", "counters_per_class", "objectness_smooth", "map",
+              "thresh", "delta_normalizer", "embedding_layer", "track_history_size", "sim_thresh",
+              "dets_for_track", "dets_for_show", "track_ciou_norm", "show_details", "uc_normalizer")
+
+
+@BLOCKS.register("yolo", keys=("mask", "anchors", "classes", "num", "jitter", "ignore_thresh", "truth_thresh",
+                               "iou_thresh", "scale_x_y", "new_coords", "iou_loss", "iou_normalizer",
+                               "obj_normalizer", "cls_normalizer", "max_delta", "random", "label_smooth_eps")
+                 + _TOLERATED)
+def build_yolo(block: CfgBlock, ctx: BuildContext) -> YoloHead:
+    """A YOLOv3/v4 detection head (checks that the previous layer has ``len(mask) * (classes + 5)`` filters)."""
+    classes = block.get_int("classes", 20)
+    if classes < 1:
+        raise block.error(f"must be >= 1, got {classes}", "classes")
+    flat = block.get_floats("anchors")
+    if len(flat) % 2:
+        raise block.error(f"needs (w, h) pairs, got {len(flat)} numbers", "anchors")
+    all_anchors = tuple(zip(flat[0::2], flat[1::2]))
+    num = block.get_int("num", len(all_anchors))
+    if num != len(all_anchors):
+        raise block.error(f"num={num} but anchors lists {len(all_anchors)} pairs", "num")
+    mask = tuple(block.get_ints("mask", list(range(num))))
+    for m in mask:
+        if not 0 <= m < num:
+            raise block.error(f"mask index {m} is outside the {num} anchors", "mask")
+    c, h, w = ctx.in_shape
+    expected = len(mask) * (classes + 5)
+    if c != expected:
+        raise block.error(f"the previous layer ({ctx.index - 1}) has {c} filters but len(mask) * (classes + 5) = "
+                          f"{len(mask)} * ({classes} + 5) = {expected}", "classes")
+    iou_loss = block.get_str("iou_loss", "mse")
+    if iou_loss not in IOU_LOSSES:
+        raise block.error(f"unknown iou_loss {iou_loss!r}; known: {', '.join(IOU_LOSSES)}", "iou_loss")
+    net_w = ctx.net.get_int("width", 416)
+    spec = HeadSpec(
+        layer=ctx.index, anchors=tuple(all_anchors[m] for m in mask), all_anchors=all_anchors, mask=mask,
+        classes=classes, stride=max(1, net_w // w), scale_x_y=block.get_float("scale_x_y", 1.0),
+        new_coords=bool(block.get_int("new_coords", 0)), ignore_thresh=block.get_float("ignore_thresh", 0.5),
+        truth_thresh=block.get_float("truth_thresh", 1.0), iou_thresh=block.get_float("iou_thresh", 1.0),
+        iou_loss=iou_loss, iou_normalizer=block.get_float("iou_normalizer", 0.75),
+        obj_normalizer=block.get_float("obj_normalizer", 1.0), cls_normalizer=block.get_float("cls_normalizer", 1.0),
+        max_delta=block.get_float("max_delta", float("inf")), random=block.get_float("random", 0.0),
+        jitter=block.get_float("jitter", 0.2), label_smooth_eps=block.get_float("label_smooth_eps", 0.0),
+    )
+    return YoloHead(spec, (c, h, w))

@@ -1,0 +1,129 @@
+"""The Darknet model: cfg blocks -> registry builders -> one ``nn.Module`` that runs them in order.
+
+``forward`` returns ``list[Tensor]`` in every mode: the raw output of each ``[yolo]`` head
+(``[B, A*(5+C), H_i, W_i]``, before any sigmoid), or, for a cfg without heads (a classifier), the final output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+import yolodet.blocks  # noqa: F401  (registers the built-in block types)
+from yolodet.blocks.base import Block, BuildContext
+from yolodet.blocks.yolo import HeadSpec, YoloHead
+from yolodet.cfg import CfgBlock, CfgError, parse_cfg_text
+from yolodet.registry import BLOCKS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NetInfo:
+    """The ``[net]`` section: input size and every (training) key as text."""
+
+    width: int
+    height: int
+    channels: int
+    options: Mapping[str, str]
+    block: CfgBlock
+
+
+def _net_info(block: CfgBlock) -> NetInfo:
+    dims = {}
+    for key, default in (("width", 416), ("height", 416), ("channels", 3)):
+        dims[key] = block.get_int(key, default)
+        if dims[key] < 1:
+            raise block.error(f"must be >= 1, got {dims[key]}", key)
+    return NetInfo(dims["width"], dims["height"], dims["channels"], dict(block.options), block)
+
+
+def _validate_keys(block: CfgBlock) -> None:
+    if block.type not in BLOCKS:
+        raise block.error(f"unknown section type [{block.type}]; known: {', '.join(BLOCKS.names())}")
+    known = BLOCKS.get(block.type).keys
+    for key in block.options:
+        if key not in known:
+            raise block.error(f"unknown key for [{block.type}]; known: {', '.join(sorted(known)) or '(none)'}",
+                              key)
+
+
+class Darknet(nn.Module):
+    """A network described by a Darknet cfg.
+
+    Args:
+        blocks: parsed cfg (``[net]`` first), see :func:`yolodet.cfg.parse_cfg_text`.
+        cfg_text: the cfg source, kept so checkpoints can embed it.
+
+    Attributes:
+        net: input size and ``[net]`` options.
+        layers: one :class:`Block` per cfg section after ``[net]`` (index = Darknet layer index).
+        heads: one :class:`HeadSpec` per ``[yolo]`` section, in cfg order (same order as ``forward``'s list).
+    """
+
+    def __init__(self, blocks: list[CfgBlock], *, cfg_text: str = "") -> None:
+        super().__init__()
+        if not blocks or blocks[0].type != "net":
+            raise CfgError("the first section must be [net]")
+        self.net = _net_info(blocks[0])
+        self.cfg_text = cfg_text
+        self.cfg_path = blocks[0].path
+        for block in blocks[1:]:  # validate every section before building any of them
+            _validate_keys(block)
+        if len(blocks) < 2:
+            raise blocks[0].error("the cfg has no layers after [net]")
+        ctx = BuildContext(blocks[0])
+        for block in blocks[1:]:
+            layer = _build(block, ctx)
+            ctx.layers.append(layer)
+            ctx.shapes.append(tuple(layer.out_shape))
+        self.layers = nn.ModuleList(ctx.layers)
+        self.heads: list[HeadSpec] = [m.spec for m in self.layers if isinstance(m, YoloHead)]
+        self._outputs = [h.layer for h in self.heads] or [len(self.layers) - 1]
+        needed = {s for m in self.layers for s in m.sources} | set(self._outputs)
+        self._keep = [i in needed for i in range(len(self.layers))]
+
+    @classmethod
+    def from_cfg(cls, path: str | os.PathLike) -> "Darknet":
+        """Parse and build a cfg file."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise CfgError(f"cannot read cfg: {exc.strerror or exc}", path=str(p)) from None
+        return cls(parse_cfg_text(text, str(p)), cfg_text=text)
+
+    @classmethod
+    def from_cfg_text(cls, text: str, path: str = "<cfg>") -> "Darknet":
+        return cls(parse_cfg_text(text, path), cfg_text=text)
+
+    @property
+    def num_classes(self) -> int:
+        return self.heads[0].classes if self.heads else self.layers[-1].out_shape[0]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: [B, C, H, W] float in [0, 1] (RGB) -> raw head outputs (see module docstring)."""
+        saved: list[torch.Tensor | None] = []
+        for layer, keep in zip(self.layers, self._keep):
+            x = layer(x, [saved[s] for s in layer.sources])
+            saved.append(x if keep else None)
+        return [saved[i] for i in self._outputs]
+
+
+def _build(block: CfgBlock, ctx: BuildContext) -> Block:
+    entry = BLOCKS.get(block.type)
+    try:
+        layer = entry.builder(block, ctx)
+    except CfgError:
+        raise
+    except (ValueError, RuntimeError, IndexError, ZeroDivisionError, OverflowError) as exc:
+        raise block.error(f"cannot build this layer with input {ctx.in_shape}: {exc}") from exc
+    if any(d < 1 for d in layer.out_shape):
+        raise block.error(f"output shape {layer.out_shape} is empty (input {ctx.in_shape})")
+    return layer
