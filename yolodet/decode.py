@@ -1,0 +1,70 @@
+"""Raw head outputs -> boxes, exactly as Darknet's ``yolo_layer.c`` decodes them (all heads, vectorised).
+
+For a head with grid W x H, anchor (aw, ah) in input pixels and scale ``s = scale_x_y``:
+
+- ``new_coords=0``: ``x = (i + sigmoid(tx)*s - (s-1)/2) / W``, ``w = exp(tw) * aw / net_w``; sigmoid on obj, classes.
+- ``new_coords=1``: the conv already applied logistic: ``x = (i + tx*s - (s-1)/2) / W``, ``w = tw^2 * 4 * aw / net_w``;
+  no further sigmoid.
+
+Boxes come out in *network-input pixels* (the fractions above times net_w / net_h).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from yolodet.blocks.yolo import HeadSpec
+
+
+class YoloDecoder:
+    """Decodes every head at once; grid and anchor tensors are cached per (grid size, device, dtype).
+
+    Call: ``decoder(outputs, (net_w, net_h))`` with ``outputs[i]``: [B, A_i*(5+C), H_i, W_i] ->
+    [B, N, 5+C] rows ``(cx, cy, w, h, obj, cls_0..cls_C-1)``, N = sum A_i*H_i*W_i, in head, anchor, row, column
+    order. Inputs are never modified.
+    """
+
+    def __init__(self, heads: Sequence[HeadSpec]) -> None:
+        if not heads:
+            raise ValueError("the model has no [yolo] heads to decode")
+        classes = {h.classes for h in heads}
+        if len(classes) != 1:
+            raise ValueError(f"heads disagree on the class count: {sorted(classes)}")
+        self.heads = list(heads)
+        self.num_classes = classes.pop()
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _grid(self, k: int, h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[1, 1, H, W, 2] cell offsets (i, j) and [1, A, 1, 1, 2] anchors, cached."""
+        key = (k, h, w, like.device, like.dtype)
+        if key not in self._cache:
+            ys, xs = torch.meshgrid(torch.arange(h, device=like.device), torch.arange(w, device=like.device),
+                                    indexing="ij")
+            grid = torch.stack((xs, ys), -1).to(like.dtype)[None, None]
+            anchors = self.heads[k].anchor_tensor().to(like.device, like.dtype)[None, :, None, None]
+            self._cache[key] = (grid, anchors)
+        return self._cache[key]
+
+    def decode_head(self, k: int, out: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        """One head: [B, A*(5+C), H, W] -> [B, A*H*W, 5+C]."""
+        spec = self.heads[k]
+        b, _, h, w = out.shape
+        p = out.view(b, spec.num_anchors, 5 + spec.classes, h, w).permute(0, 1, 3, 4, 2)
+        grid, anchors = self._grid(k, h, w, out)
+        s = spec.scale_x_y
+        scale = torch.tensor([input_size[0] / w, input_size[1] / h], device=out.device, dtype=out.dtype)
+        if spec.new_coords:
+            xy, wh, rest = p[..., :2], p[..., 2:4].square() * 4, p[..., 4:]
+        else:
+            xy, wh, rest = p[..., :2].sigmoid(), p[..., 2:4].exp(), p[..., 4:].sigmoid()
+        if s != 1:
+            xy = xy * s - (s - 1) / 2
+        xy = (xy + grid) * scale
+        return torch.cat((xy, wh * anchors, rest), -1).reshape(b, -1, 5 + spec.classes)
+
+    def __call__(self, outputs: Sequence[torch.Tensor], input_size: tuple[int, int]) -> torch.Tensor:
+        if len(outputs) != len(self.heads):
+            raise ValueError(f"{len(outputs)} outputs for {len(self.heads)} heads")
+        return torch.cat([self.decode_head(k, out, input_size) for k, out in enumerate(outputs)], 1)

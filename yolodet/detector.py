@@ -1,0 +1,94 @@
+"""The Python API users call: ``Detector.from_cfg(cfg, weights).predict(images)``; tools are thin wrappers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from yolodet.checkpoint import load_model
+from yolodet.decode import YoloDecoder
+from yolodet.model import Darknet
+from yolodet.postprocess import Detections, postprocess
+from yolodet.preprocess import PREPROCESS_MODES, Mapping, preprocess
+
+log = logging.getLogger(__name__)
+
+
+def default_preprocess(model: Darknet) -> str:
+    """Darknet's own resize, with AlexeyAB's geometry rule: letterbox only when ``[net]`` says ``letter_box=1``."""
+    return "darknet-letterbox" if model.net.options.get("letter_box", "0") not in ("0", "") else "darknet-resize"
+
+
+def parse_size(size: int | Sequence[int] | None, model: Darknet) -> tuple[int, int]:
+    """``None`` -> the cfg's (width, height); ``416`` -> (416, 416); ``(w, h)`` as is. Checked against strides."""
+    if size is None:
+        w, h = model.net.width, model.net.height
+    elif isinstance(size, int):
+        w = h = size
+    else:
+        w, h = (int(size[0]), int(size[1]))
+    stride = max((head.stride for head in model.heads), default=1)
+    if w < 1 or h < 1 or (model.heads and (w % stride or h % stride)):
+        raise ValueError(f"image size {w}x{h} must be a positive multiple of the largest head stride ({stride})")
+    return w, h
+
+
+class Detector:
+    """A YOLO model plus its preprocessing, decode and post-processing.
+
+    Args:
+        model: a :class:`Darknet` with ``[yolo]`` heads.
+        names: class names (index -> name); ``"class <i>"`` when None.
+        img_size: network input size, an int or (w, h); the cfg's size when None.
+        preprocess: one of :data:`yolodet.preprocess.PREPROCESS_MODES`; :func:`default_preprocess` when None.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+    """
+
+    def __init__(self, model: Darknet, *, names: Sequence[str] | None = None,
+                 img_size: int | Sequence[int] | None = None, preprocess: str | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        if not model.heads:
+            raise ValueError(f"{model.cfg_path}: the cfg has no [yolo] heads; it is not a detector")
+        self.preprocess_mode = preprocess or default_preprocess(model)
+        if self.preprocess_mode not in PREPROCESS_MODES:
+            raise ValueError(f"unknown preprocess {self.preprocess_mode!r}; known: {', '.join(PREPROCESS_MODES)}")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.img_size = parse_size(img_size, model)
+        self.names = list(names) if names else [f"class {i}" for i in range(model.num_classes)]
+        if len(self.names) != model.num_classes:
+            raise ValueError(f"{len(self.names)} class names for a model with {model.num_classes} classes")
+        self.decoder = YoloDecoder(model.heads)
+
+    @classmethod
+    def from_cfg(cls, cfg: str | os.PathLike | None, weights: str | os.PathLike | None = None,
+                 **kwargs) -> "Detector":
+        """Build from a cfg and Darknet ``.weights`` or a yolodet checkpoint (see :func:`load_model`)."""
+        return cls(load_model(cfg, weights), **kwargs)
+
+    def prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Mapping]]:
+        """RGB uint8 [H, W, 3] images -> network input [B, 3, h, w] on the device and their mappings."""
+        arrays, mappings = zip(*(preprocess(im, self.img_size, self.preprocess_mode) for im in images))
+        return torch.from_numpy(np.stack(arrays)).to(self.device), list(mappings)
+
+    @torch.inference_mode()
+    def infer(self, batch: torch.Tensor, mappings: Sequence[Mapping] | None = None, *, conf_thres: float = 0.25,
+              nms_thres: float = 0.45, max_det: int | None = None) -> list[Detections]:
+        """A prepared batch [B, 3, h, w] -> detections (original pixels when ``mappings`` are given)."""
+        outputs = self.model(batch.to(self.device, non_blocking=True))
+        preds = self.decoder([o.float() for o in outputs], (batch.shape[3], batch.shape[2]))
+        return postprocess(preds, conf_thres=conf_thres, nms_thres=nms_thres, mappings=mappings, max_det=max_det)
+
+    def predict(self, images: Sequence[np.ndarray], *, conf_thres: float = 0.25, nms_thres: float = 0.45,
+                batch_size: int = 8, max_det: int | None = None) -> list[Detections]:
+        """RGB uint8 images -> one :class:`Detections` per image, boxes xyxy in original pixels (on the CPU)."""
+        results: list[Detections] = []
+        for start in range(0, len(images), batch_size):
+            batch, mappings = self.prepare(images[start:start + batch_size])
+            dets = self.infer(batch, mappings, conf_thres=conf_thres, nms_thres=nms_thres, max_det=max_det)
+            results.extend(d.to("cpu") for d in dets)
+        return results
