@@ -130,9 +130,22 @@ _KNOWN: Mapping[str, WeightsSource] = MappingProxyType(
 )
 
 
+# The cfgs shipped in cfg/ are named yolo-v3*.cfg; ``--weights`` defaults to weights/<cfg stem>.weights.
+_ALIASES: Mapping[str, str] = MappingProxyType({
+    "yolo-v3-tiny.weights": "yolov3-tiny.weights",
+    "yolo-v3.weights": "yolov3.weights",
+    "yolo-v4.weights": "yolov4.weights",
+    "yolo-v4-tiny.weights": "yolov4-tiny.weights",
+})
+
+
 def known_weights() -> dict[str, WeightsSource]:
-    """Return the table of known weights files, keyed by file name (a fresh dict; entries are frozen)."""
-    return dict(_KNOWN)
+    """Return the table of known weights files, keyed by file name (a fresh dict; entries are frozen).
+
+    The names of yolodet's own cfgs (``yolo-v3-tiny.weights`` ...) are keys too, for the official files."""
+    table = dict(_KNOWN)
+    table.update({alias: _KNOWN[name] for alias, name in _ALIASES.items()})
+    return table
 
 
 def md5sum(path: str | os.PathLike) -> str:
