@@ -137,7 +137,9 @@ def load_darknet_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepor
             f"last layer; the cfg needs {total} floats for its {len(layers)} layers with weights, the file has "
             f"{len(floats)}: wrong cfg for these weights?")
     model.seen = header.seen
-    report = LoadReport(path, header, last + 1, filled, len(layers))
+    # A complete file covers every layer, weightless trailing ones ([yolo], [softmax] ...) included.
+    layers_filled = len(model.layers) if filled == len(layers) else last + 1
+    report = LoadReport(path, header, layers_filled, filled, len(layers))
     if not report.complete:
         log.info("%s: partial weights, filled layers 0..%d (%d of %d layers with weights)", path,
                  report.layers_filled - 1, filled, len(layers))

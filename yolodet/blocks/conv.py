@@ -12,6 +12,13 @@ from yolodet.cfg import CfgBlock
 from yolodet.registry import BLOCKS
 
 BN_EPS = 1e-5  # Darknet (AlexeyAB, and pjreddie's GPU path): (x - mean) / sqrt(var + 1e-5)
+MAX_WEIGHTS = 1 << 28  # 1 GiB of float32 in one layer; real cfgs stay far below (VGG fc6: 1e8). A larger count is
+# a typo (``filters=1e9``) that should be a CfgError, not a MemoryError or an OOM kill.
+
+
+def _check_weights(block: CfgBlock, count: int, key: str) -> None:
+    if count > MAX_WEIGHTS:
+        raise block.error(f"this layer would have {count} weights, more than the limit of {MAX_WEIGHTS}", key)
 
 
 ACTIVATIONS: dict[str, type[nn.Module] | None] = {
@@ -88,6 +95,7 @@ def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     out_w = (w + 2 * padding - dilation * (size - 1) - 1) // stride_x + 1
     if out_h < 1 or out_w < 1:
         raise block.error(f"input {h}x{w} is too small for size={size}, stride={stride}", "size")
+    _check_weights(block, filters * (c // groups) * size * size, "size" if size * size > filters else "filters")
     bn = bool(block.get_int("batch_normalize", 0))
     conv = nn.Conv2d(c, filters, size, (stride_y, stride_x), padding, dilation, groups, bias=not bn)
     norm = nn.BatchNorm2d(filters, eps=BN_EPS, momentum=0.01) if bn else None  # Darknet: rolling avg 0.99
@@ -126,6 +134,7 @@ def build_connected(block: CfgBlock, ctx: BuildContext) -> ConnectedBlock:
     outputs = block.get_int("output", 1)
     if outputs < 1:
         raise block.error(f"must be >= 1, got {outputs}", "output")
+    _check_weights(block, inputs * outputs, "output")
     bn = bool(block.get_int("batch_normalize", 0))
     norm = nn.BatchNorm1d(outputs, eps=BN_EPS, momentum=0.01) if bn else None
     return ConnectedBlock(nn.Linear(inputs, outputs, bias=not bn), norm, make_activation(block, "logistic"))
