@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""COCO128 end-to-end evaluation wall time: yolodet's ``evaluate`` vs an OpenCV-DNN loop, in one run.
+
+Both sides read the same images with the same decoder, feed the same Darknet-exact preprocessed arrays, decode
+with the same :class:`~yolodet.decode.YoloDecoder`, apply the same candidate rule and per-class NMS
+(:func:`~yolodet.postprocess.postprocess`) and score with the same COCOeval. Only the network differs: yolodet's
+PyTorch model versus ``cv2.dnn.readNetFromDarknet``. OpenCV's own ``[yolo]`` layer zeroes class scores <= 0.2
+(its default ``thresh``), which would break Darknet's 0.005 protocol, so the loop takes the raw outputs of the
+convolutions that feed the heads (``conv_<head - 1>``) instead.
+
+Not a test. Usage: ``python bench/eval_speed.py [--preprocess darknet-letterbox] [--batch-size 8] [--workers 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from yolodet.data import read_coco
+from yolodet.data.loader import InferenceDataset, default_decoder
+from yolodet.detector import Detector
+from yolodet.evaluation import category_mapping, coco_evaluate, detections_to_coco, evaluate
+from yolodet.postprocess import postprocess
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", default=str(SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg"))
+    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov3-tiny.weights"))
+    p.add_argument("--annotations", default=str(SHARED / "data" / "coco128" / "annotations" / "instances.json"))
+    p.add_argument("--img-size", type=int, default=416)
+    p.add_argument("--preprocess", default="darknet-resize")
+    p.add_argument("--batch-size", type=int, default=8, help="both sides (OpenCV gets N-image blobs)")
+    p.add_argument("--workers", type=int, default=2, help="yolodet's image-loading processes")
+    p.add_argument("--device", default="cpu", help="yolodet's device (OpenCV DNN runs on the CPU)")
+    return p
+
+
+def opencv_eval(args: argparse.Namespace, source, gt: dict, decoder_name: str) -> tuple[float, float, float, int]:
+    """The OpenCV-DNN loop; returns (seconds, AP, AP50, detections)."""
+    start = time.perf_counter()
+    net = cv2.dnn.readNetFromDarknet(args.cfg, args.weights)
+    detector = Detector.from_cfg(args.cfg, None, img_size=args.img_size, preprocess=args.preprocess)  # decode only
+    outputs = [f"conv_{h.layer - 1}" for h in detector.model.heads]
+    class_ids, _ = category_mapping(detector.model.num_classes, [c["id"] for c in gt["categories"]],
+                                    source.category_ids)
+    dataset = InferenceDataset([s.image for s in source.samples], detector.img_size, args.preprocess,
+                               decoder=decoder_name)
+    results = []
+    for first in range(0, len(dataset), args.batch_size):
+        items = [dataset[i] for i in range(first, min(first + args.batch_size, len(dataset)))]
+        items = [it for it in items if it.image is not None]
+        net.setInput(np.stack([it.image for it in items]))
+        raw = [torch.from_numpy(o) for o in net.forward(outputs)]
+        preds = detector.decoder(raw, detector.img_size)
+        dets = postprocess(preds, conf_thres=0.005, nms_thres=0.45, mappings=[it.mapping for it in items])
+        for it, det in zip(items, dets):
+            results.extend(detections_to_coco(det, source.samples[it.index].image_id, class_ids))
+    scores = coco_evaluate(gt, results, image_ids=[s.image_id for s in source.samples])
+    return time.perf_counter() - start, scores.stats[0], scores.stats[1], len(results)
+
+
+def main(args: argparse.Namespace) -> int:
+    for path in (args.cfg, args.weights, args.annotations):
+        if not Path(path).is_file():
+            print(f"error: {path}: no such file (this bench needs ../shared)", file=sys.stderr)
+            return 2
+    source = read_coco(args.annotations)
+    gt = json.loads(Path(args.annotations).read_text())
+    decoder = default_decoder()
+
+    start = time.perf_counter()
+    detector = Detector.from_cfg(args.cfg, args.weights, img_size=args.img_size, preprocess=args.preprocess,
+                                 device=args.device)
+    result = evaluate(detector, source, batch_size=args.batch_size, workers=args.workers, gt=gt,
+                      decoder=decoder, progress=False)
+    ours = time.perf_counter() - start
+
+    theirs, ap, ap50, n = opencv_eval(args, source, gt, decoder)
+
+    n_img = len(source.samples)
+    print(f"COCO128 end-to-end eval ({n_img} images), {Path(args.cfg).name} {args.img_size} {args.preprocess}, "
+          f"decoder {decoder}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
+          f"OpenCV {cv2.__version__} threads {cv2.getNumThreads()}")
+    print(f"{'pipeline':<28} {'wall s':>8} {'img/s':>7} {'AP':>7} {'AP50':>7} {'dets':>6}")
+    print(f"{'yolodet (' + str(args.device) + f', workers {args.workers})':<28} {ours:8.1f} {n_img / ours:7.2f} "
+          f"{result.ap:7.4f} {result.ap50:7.4f} {len(result.results):6d}")
+    print(f"{'OpenCV DNN loop (cpu)':<28} {theirs:8.1f} {n_img / theirs:7.2f} {ap:7.4f} {ap50:7.4f} {n:6d}")
+    print(f"ratio OpenCV / yolodet wall time: {theirs / ours:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
