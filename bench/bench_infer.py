@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""Inference speed of yolodet against OpenCV DNN (and the ``pytorchyolo`` package when installed), as a markdown
+table for the README.
+
+    python bench/bench_infer.py                  # yolo-v3-tiny + yolo-v3 at 416, batch 1 and 8, 2 threads
+
+What is timed: the network forward only (a float32 [B, 3, 416, 416] blob in, raw head outputs out), warm, the
+median milliseconds per image. yolodet runs ``optimize_for_inference`` (BN folded, conv+activation fused by oneDNN,
+channels_last) in fp32 and in its fast mode (``precision="half"``: fp16 on CUDA, bf16 on CPUs with native bf16,
+fp32 elsewhere -- the table says which). OpenCV runs ``readNetFromDarknet`` with ``DNN_BACKEND_OPENCV`` on the CPU
+in fp32, on the *same* weights: yolo-v3-tiny uses the official weights when ``../shared/weights`` has them, other
+models random weights that yolodet writes to a temporary ``.weights`` file for every peer to load. The peers are
+timed in turn, one forward each per round, so load from other processes hits all of them alike. Both libraries
+get ``--threads`` threads; ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (set before torch loads, as
+``tools/detect.py`` does) so torch's idle OpenMP threads do not spin on the cores OpenCV is using.
+
+The last table times ``tools/detect.py`` end to end on the bundled sample image (process start to exit: imports,
+cfg, weights, optimisation, preprocessing, forward, NMS, drawing and writing the outputs).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede `import torch` (libgomp reads it when loaded)
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from yolodet.blocks.conv import ConvBlock  # noqa: E402
+from yolodet.model import Darknet  # noqa: E402
+from yolodet.optimize import cpu_has_native_bf16, optimize_for_inference, resolve_precision  # noqa: E402
+from yolodet.weights import load_darknet_weights, save_darknet_weights  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL = {"yolo-v3-tiny": ROOT.parent / "shared" / "weights" / "yolov3-tiny.weights"}
+SAMPLE = ROOT / "yolodet" / "assets" / "zebras.jpg"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfgs", nargs="+", default=[str(ROOT / "cfg" / "yolo-v3-tiny.cfg"),
+                                                  str(ROOT / "cfg" / "yolo-v3.cfg")], help="cfg files")
+    p.add_argument("--img-size", type=int, default=416, help="square input size (default: %(default)s)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
+    p.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="timing budget per (model, batch) row group; rounds are added until it is spent")
+    p.add_argument("--min-rounds", type=int, default=7, help="at least this many timed forwards per peer")
+    p.add_argument("--fast", default="half", choices=("half", "bf16", "fp16"),
+                   help="the fast mode timed next to fp32 (default: half = the device's fast mode; bf16 forces "
+                        "bf16 even where it is emulated)")
+    p.add_argument("--e2e-runs", type=int, default=5, help="tools/detect.py runs per model (0: skip)")
+    p.add_argument("--no-opencv", action="store_true", help="time yolodet only")
+    return p
+
+
+def random_weights(model: Darknet, seed: int = 0) -> Darknet:
+    """Random conv weights and non-trivial BN statistics, scaled so activations stay O(1) through deep nets; the
+    head convs get a bias of -4 so that, as with trained weights, few boxes pass the threshold (else drawing and
+    writing 10^5 random boxes would dominate the end-to-end time)."""
+    g = torch.Generator().manual_seed(seed)
+    heads = {h.layer - 1 for h in model.heads}
+    with torch.no_grad():
+        for index, layer in enumerate(model.layers):
+            if not isinstance(layer, ConvBlock):
+                continue
+            w = layer.conv.weight
+            w.copy_(torch.randn(w.shape, generator=g) * w[0].numel() ** -0.5)
+            if layer.bn is None:
+                layer.conv.bias.copy_(torch.randn(w.shape[0], generator=g) * 0.1 - (4.0 if index in heads else 0))
+            else:
+                n = layer.bn.num_features
+                layer.bn.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+                layer.bn.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                layer.bn.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                layer.bn.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+    return model
+
+
+def weights_file(cfg: Path, tmp: Path) -> tuple[Path, str]:
+    """The .weights every peer loads for ``cfg`` and where they come from."""
+    official = OFFICIAL.get(cfg.stem)
+    if official is not None and official.is_file():
+        return official, "official"
+    path = tmp / f"{cfg.stem}.weights"
+    save_darknet_weights(random_weights(Darknet.from_cfg(cfg)), path)
+    return path, "random"
+
+
+def opencv_peer(cfg: Path, weights: Path, model: Darknet) -> Callable[[np.ndarray], list[np.ndarray]]:
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    names = [f"conv_{h.layer - 1}" for h in model.heads]  # the raw conv outputs, as yolodet returns them
+
+    def run(blob: np.ndarray) -> list[np.ndarray]:
+        net.setInput(blob)
+        return net.forward(names)
+    return run
+
+
+def pytorchyolo_peer(cfg: Path, weights: Path) -> Callable[[np.ndarray], object] | None:
+    try:
+        from pytorchyolo.models import load_model  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    model = load_model(str(cfg), str(weights)).to("cpu").eval()
+
+    def run(blob: np.ndarray):
+        with torch.inference_mode():
+            return model(torch.from_numpy(blob))
+    return run
+
+
+def time_interleaved(peers: dict[str, Callable[[], object]], seconds: float, min_rounds: int) -> dict[str, float]:
+    """Median seconds per call of every peer, timed in turn (one call each per round)."""
+    times: dict[str, list[float]] = {name: [] for name in peers}
+    for fn in peers.values():  # warm-up: oneDNN/OpenCV build their kernels and caches on the first calls
+        fn()
+        fn()
+    start = time.perf_counter()
+    while True:
+        for name, fn in peers.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        rounds = len(next(iter(times.values())))
+        if rounds >= min_rounds and time.perf_counter() - start >= seconds:
+            break
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def max_rel_diff(a: list, b: list) -> float:
+    """max |a - b| / max |b| over the heads."""
+    out = 0.0
+    for x, y in zip(a, b):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        out = max(out, float(np.abs(x - y).max() / max(np.abs(y).max(), 1e-12)))
+    return out
+
+
+def e2e_seconds(cfg: Path, weights: Path, extra: list[str], runs: int, threads: int) -> float:
+    """Median wall time of ``tools/detect.py`` on the sample image, process start to exit."""
+    times = []
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, str(ROOT / "tools" / "detect.py"), str(SAMPLE), "--cfg", str(cfg), "--weights",
+               str(weights), "--output", out, "--quiet", "--threads", str(threads), *extra]
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            times.append(time.perf_counter() - t0)
+            if res.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr}")
+    return statistics.median(times)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    fast = resolve_precision(args.fast, "cpu")
+    fast_label = f"fast ({fast})" + ("" if fast != "fp32" or args.fast != "half" else ": no native bf16 on this CPU")
+    load_before = os.getloadavg()
+    rows, e2e_rows, notes = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cfg in map(Path, args.cfgs):
+            weights, origin = weights_file(cfg, Path(tmp))
+            model = Darknet.from_cfg(cfg)
+            load_darknet_weights(model, weights)
+            model.eval()
+            fp32 = optimize_for_inference(model, precision="fp32", device="cpu")
+            fastm = fp32 if fast == "fp32" else optimize_for_inference(model, precision=fast, device="cpu")
+            cv = None if args.no_opencv else opencv_peer(cfg, weights, model)
+            pty = pytorchyolo_peer(cfg, weights)
+            for batch in args.batches:
+                blob = np.random.default_rng(0).random((batch, 3, args.img_size, args.img_size), dtype=np.float32)
+                x = torch.from_numpy(blob)
+                peers: dict[str, Callable[[], object]] = {"fp32": lambda: fp32(x)}
+                if fastm is not fp32:
+                    peers["fast"] = lambda: fastm(x)
+                if cv is not None:
+                    peers["opencv"] = lambda: cv(blob)
+                if pty is not None:
+                    peers["pytorchyolo"] = lambda: pty(blob)
+                ref = fp32(x)
+                if cv is not None:
+                    notes.append(f"{cfg.stem} batch {batch}: yolodet fp32 vs OpenCV raw outputs differ by "
+                                 f"{max_rel_diff(ref, cv(blob)):.1e} (max abs / max)")
+                if fastm is not fp32:
+                    notes.append(f"{cfg.stem} batch {batch}: {fast} vs fp32 outputs differ by "
+                                 f"{max_rel_diff(fastm(x), ref):.1e}")
+                med = time_interleaved(peers, args.seconds, args.min_rounds)
+                ms = {k: v * 1000 / batch for k, v in med.items()}
+                for mode, key in (("fp32", "fp32"), (fast_label, "fast" if "fast" in ms else "fp32")):
+                    rows.append((cfg.stem, origin, batch, mode, ms[key], ms.get("opencv"), ms.get("pytorchyolo")))
+            if args.e2e_runs > 0:
+                e2e_rows.append((cfg.stem, "fp32", e2e_seconds(cfg, weights, [], args.e2e_runs, args.threads)))
+                if fast != "fp32":
+                    e2e_rows.append((cfg.stem, fast, e2e_seconds(cfg, weights, ["--precision", fast],
+                                                                 args.e2e_runs, args.threads)))
+    load_after = os.getloadavg()
+
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical), native bf16: {cpu_has_native_bf16()}, torch "
+          f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), OpenCV {cv2.__version__}; "
+          f"{args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; input "
+          f"{args.img_size}x{args.img_size}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print()
+    print("| model | weights | batch | yolodet mode | yolodet ms/img | OpenCV DNN ms/img | yolodet / OpenCV "
+          "| pytorchyolo ms/img |")
+    print("|---|---|---:|---|---:|---:|---:|---:|")
+    for name, origin, batch, mode, ours, cvms, ptyms in rows:
+        ratio = f"{ours / cvms:.2f}" if cvms else "-"
+        print(f"| {name} | {origin} | {batch} | {mode} | {ours:.1f} | {f'{cvms:.1f}' if cvms else '-'} | {ratio} "
+              f"| {f'{ptyms:.1f}' if ptyms else 'not installed'} |")
+    if e2e_rows:
+        print()
+        print("| `tools/detect.py`, one image, process start to exit | precision | seconds |")
+        print("|---|---|---:|")
+        for name, prec, sec in e2e_rows:
+            print(f"| {name} | {prec} | {sec:.2f} |")
+    print()
+    for note in notes:
+        print(f"- {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
