@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from yolodet.cfg import CfgError  # noqa: E402
 from yolodet.checkpoint import CheckpointError  # noqa: E402
-from yolodet.data.loader import InferenceDataset, inference_loader  # noqa: E402
+from yolodet.data.loader import IMAGE_DECODERS, InferenceDataset, inference_loader  # noqa: E402
 from yolodet.detector import Detector  # noqa: E402
 from yolodet.draw import draw_detections  # noqa: E402
 from yolodet.fetch import FetchError, ensure_weights  # noqa: E402
@@ -70,6 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resize", dest="preprocess", action="store_const", const="resize", help="OpenCV plain resize")
     pre.add_argument("--darknet-exact", dest="preprocess", action="store_const", const=None,
                      help="Darknet's own resize, geometry from the cfg (the default)")
+    p.add_argument("--decoder", choices=IMAGE_DECODERS, help="image decoder (default: stb, Darknet's own, when "
+                   "built; else opencv)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -146,9 +148,9 @@ class Run:
             return
         detector, args = self.detector, self.args
         workers = args.workers if args.workers is not None else default_workers(len(items), args.batch_size)
-        # OpenCV decodes, as detect always did (and as it does video frames); the loader's default is stb.
+        # stb_image by default, Darknet's own JPEG decoder, so boxes match the C Darknet's (video frames: OpenCV)
         dataset = InferenceDataset([i.path for i in items], detector.img_size, detector.preprocess_mode,
-                                   decoder="opencv", keep_original=not args.no_images)
+                                   decoder=args.decoder, keep_original=not args.no_images)
         loader = inference_loader(dataset, batch_size=args.batch_size, workers=workers,
                                   pin_memory=detector.device.type == "cuda")
         for batch in loader:
