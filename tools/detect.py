@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from yolodet.cfg import CfgError  # noqa: E402
-from yolodet.checkpoint import CheckpointError  # noqa: E402
+from yolodet.checkpoint import CheckpointError, is_checkpoint  # noqa: E402
 from yolodet.data.loader import IMAGE_DECODERS, InferenceDataset, inference_loader  # noqa: E402
 from yolodet.detector import Detector  # noqa: E402
 from yolodet.draw import draw_detections  # noqa: E402
@@ -45,6 +45,7 @@ from yolodet.weights import WeightsError  # noqa: E402
 log = logging.getLogger("yolodet.detect")
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+DEFAULT_CFG = ROOT / "cfg" / "yolo-v3-tiny.cfg"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,7 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                "Preprocessing: by default Darknet's own float32 bilinear resize (bit-exact with Darknet), with "
                "AlexeyAB's geometry rule: plain resize unless the cfg's [net] says letter_box=1.")
     p.add_argument("source", nargs="*", help="image/video files, folders or globs (default: a bundled sample image)")
-    p.add_argument("--cfg", default=str(ROOT / "cfg" / "yolo-v3-tiny.cfg"), help="Darknet cfg (default: %(default)s)")
+    p.add_argument("--cfg", help=f"Darknet cfg (default: the cfg embedded in a yolodet checkpoint --weights, else "
+                                 f"{DEFAULT_CFG.relative_to(ROOT)})")
     p.add_argument("--weights", help="Darknet .weights or yolodet checkpoint (default: weights/<cfg stem>.weights, "
                                      "fetched and md5-verified when it is a known official file)")
     p.add_argument("--names", help="class names, one per line (default: <cfg stem>.names beside the cfg, else "
@@ -92,7 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def resolve_names(args: argparse.Namespace, num_classes: int) -> list[str] | None:
-    cfg = Path(args.cfg)
+    cfg = Path(args.cfg or DEFAULT_CFG)
     for candidate in ([Path(args.names)] if args.names else [cfg.with_suffix(".names"), ROOT / "cfg" / "coco.names"]):
         if candidate.is_file():
             names = [n.strip() for n in candidate.read_text().splitlines() if n.strip()]
@@ -237,6 +239,8 @@ def _chunks(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray
 
 
 def build_detector(args: argparse.Namespace) -> Detector:
+    if args.cfg is None and not (args.weights and Path(args.weights).is_file() and is_checkpoint(args.weights)):
+        args.cfg = str(DEFAULT_CFG)
     weights = Path(args.weights) if args.weights else ROOT / "weights" / f"{Path(args.cfg).stem}.weights"
     if not args.weights or not weights.exists():
         weights = ensure_weights(weights)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from yolodet.backbones import has_backbone, load_backbone_weights
 from yolodet.cfg import CfgError
 from yolodet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from yolodet.data import DatasetError, load_dataset
@@ -57,6 +58,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help=".data file, COCO json, VOC folder/list (not needed with --resume)")
     p.add_argument("--weights", help="start from: Darknet .weights (full, other class count, or partial *.conv.N) "
                                      "or a yolodet checkpoint; from scratch when absent")
+    p.add_argument("--backbone-weights", metavar="PATH|imagenet",
+                   help="ImageNet weights for the cfg's [backbone]: a torchvision state dict, or 'imagenet' for "
+                        "torchvision's local cache (never downloaded); default: the cfg's weights= key")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="train this many epochs (steps scale with it)")
     length.add_argument("--max-batches", type=int, help="optimiser steps in all (default: the cfg's max_batches)")
@@ -196,6 +200,7 @@ def main(args: argparse.Namespace) -> int:
         if ckpt:
             model.load_state_dict(ckpt["model"])
         else:
+            load_backbone_weights(model, args.backbone_weights)  # no-op for cfgs without a [backbone]
             fresh = load_pretrained(model, args.weights).skipped_layers if args.weights else None
             init_head_priors(model, fresh)
         return _fit(args, model, train_src, val_src, ckpt)
@@ -208,6 +213,7 @@ def _fit(args, model, train_src, val_src, ckpt) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.output or "runs/train")
     out.mkdir(parents=True, exist_ok=True)
+    darknet_format = not has_backbone(model)
     net = model.net.options
     batch = args.batch_size or int(net.get("batch", 1))
     subdivisions = min(args.subdivisions or int(net.get("subdivisions", 1)), batch)
@@ -307,7 +313,8 @@ def _fit(args, model, train_src, val_src, ckpt) -> int:
             save(out / "last.pt")
             if improved:
                 save(out / "best.pt")
-                save_darknet_weights(model, out / "best.weights")
+                if darknet_format:  # torchvision backbones exist only as checkpoints
+                    save_darknet_weights(model, out / "best.weights")
             _write_csv(out / "results.csv", state.history)
             if not math.isnan(row["ap50"]) or done or time.perf_counter() - clock["plotted"] > 60:
                 _plot(out / "results.png", state.history)  # ~0.3 s: not after every tiny epoch
@@ -323,7 +330,8 @@ def _fit(args, model, train_src, val_src, ckpt) -> int:
                 break
     finally:
         signal.signal(signal.SIGINT, previous)
-    save_darknet_weights(model, out / "final.weights")
+    if darknet_format:
+        save_darknet_weights(model, out / "final.weights")
     print(f"trained {state.step} steps in {state.train_seconds:.0f} s of training; best val AP50 "
           f"{state.best_fitness:.4f}; results in {out}/")
     return EXIT_OK
