@@ -180,7 +180,7 @@ def _box_loss(spec: HeadSpec, raw: torch.Tensor, truth: torch.Tensor, gi: torch.
             target = (t_xy + (s - 1) / 2) / s
             xy_term = s * (F.binary_cross_entropy_with_logits(raw[:, :2], target, reduction="none")
                            - _entropy(target))  # minus a constant: same gradient, 0 at a perfect fit
-            t_wh = size.log()
+            t_wh = size.clamp(min=1e-9).log()
         wh_term = 0.5 * (raw[:, 2:4] - t_wh).square()
         return (scale * (xy_term + wh_term)).sum()
     cells = torch.stack((gi, gj), 1).to(raw.dtype)
