@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from yolodet.blocks.yolo import HeadSpec
+from yolodet.blocks.yolo import HeadSpec, common_class_count
 
 
 class YoloDecoder:
@@ -27,13 +27,8 @@ class YoloDecoder:
     """
 
     def __init__(self, heads: Sequence[HeadSpec]) -> None:
-        if not heads:
-            raise ValueError("the model has no [yolo] heads to decode")
-        classes = {h.classes for h in heads}
-        if len(classes) != 1:
-            raise ValueError(f"heads disagree on the class count: {sorted(classes)}")
+        self.num_classes = common_class_count(heads, "decode")
         self.heads = list(heads)
-        self.num_classes = classes.pop()
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _grid(self, k: int, h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

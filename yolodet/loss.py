@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_convert, box_iou, complete_box_iou_loss, distance_box_iou_loss
 from torchvision.ops import generalized_box_iou_loss
 
-from yolodet.blocks.yolo import HeadSpec
+from yolodet.blocks.yolo import HeadSpec, common_class_count
 
 LOSS_PARTS = ("box", "obj", "cls", "total")
 
@@ -66,13 +66,8 @@ class YoloLoss:
     """
 
     def __init__(self, heads: Sequence[HeadSpec]) -> None:
-        if not heads:
-            raise ValueError("the model has no [yolo] heads to train")
-        classes = {h.classes for h in heads}
-        if len(classes) != 1:
-            raise ValueError(f"heads disagree on the class count: {sorted(classes)}")
+        self.num_classes = common_class_count(heads, "train")
         self.heads = list(heads)
-        self.num_classes = classes.pop()
 
     def __call__(self, outputs: Sequence[torch.Tensor], targets: torch.Tensor,
                  input_size: tuple[int, int]) -> dict[str, torch.Tensor]:

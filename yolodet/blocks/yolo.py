@@ -5,6 +5,7 @@ and the loss read."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -56,6 +57,16 @@ class HeadSpec:
     def anchor_tensor(self) -> torch.Tensor:
         """[A, 2] anchors (w, h) in input pixels."""
         return torch.tensor(self.anchors, dtype=torch.float32)
+
+
+def common_class_count(heads: "Sequence[HeadSpec]", purpose: str) -> int:
+    """The class count shared by every head (decode and the loss need one); ValueError otherwise."""
+    if not heads:
+        raise ValueError(f"the model has no [yolo] heads to {purpose}")
+    classes = {h.classes for h in heads}
+    if len(classes) != 1:
+        raise ValueError(f"heads disagree on the class count: {sorted(classes)}")
+    return classes.pop()
 
 
 class YoloHead(Block):
