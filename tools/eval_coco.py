@@ -21,17 +21,17 @@ The last line printed is machine-readable: ``AP=0.1504 AP50=0.2826``. Exit codes
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from yolodet.atomic import atomic_write_bytes
 from yolodet.cfg import CfgError
 from yolodet.checkpoint import CheckpointError
 from yolodet.data import DatasetError, read_coco, read_darknet_data
@@ -97,9 +97,9 @@ def main(args: argparse.Namespace) -> int:
         _write_json_atomic(Path(args.results), result.results)
         log.info("wrote %d detections to %s", len(result.results), args.results)
     if args.plots:
-        path = Path(args.plots) / "pr_curve.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pr_curve_figure(result).savefig(path)
+        path, buf = Path(args.plots) / "pr_curve.png", io.BytesIO()
+        pr_curve_figure(result).savefig(buf, format="png")
+        atomic_write_bytes(path, buf.getvalue())
         log.info("wrote %s", path)
     _print_report(result)
     return EXIT_OK
@@ -157,16 +157,8 @@ def _load_detector(args: argparse.Namespace, names: list[str]) -> Detector:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Write to a temp file in the target folder, then rename: never a half-written results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Never a half-written results file (temp file, then rename)."""
+    atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode())
 
 
 def _print_report(result: EvalResult) -> None:

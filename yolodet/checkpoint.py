@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from yolodet.atomic import atomic_writer
 from yolodet.cfg import CfgError
 from yolodet.model import Darknet
 from yolodet.weights import WeightsError, load_darknet_weights
@@ -37,18 +37,9 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the target folder, then rename: an interrupted save never leaves a
-    half-written file at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` atomically: an interrupted save never leaves a half-written file at ``path``."""
+    with atomic_writer(path) as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(model: Darknet, path: str | os.PathLike, **extra: Any) -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from yolodet.atomic import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -155,21 +156,13 @@ def save_darknet_weights(model: nn.Module, path: str | os.PathLike, *, header: W
         cutoff: write only layers ``0..cutoff-1`` (like ``darknet partial``).
     """
     header = header or WeightsHeader(seen=int(getattr(model, "seen", 0)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.to_bytes())
-            for index, _, tensors in _weighted_layers(model):
-                if cutoff is not None and index >= cutoff:
-                    break
-                for t in tensors:
-                    t = t.detach().float().cpu()
-                    if header.transposed and t.dim() == 2:
-                        t = t.t()
-                    f.write(t.contiguous().numpy().astype("<f4", copy=False).tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        f.write(header.to_bytes())
+        for index, _, tensors in _weighted_layers(model):
+            if cutoff is not None and index >= cutoff:
+                break
+            for t in tensors:
+                t = t.detach().float().cpu()
+                if header.transposed and t.dim() == 2:
+                    t = t.t()
+                f.write(t.contiguous().numpy().astype("<f4", copy=False).tobytes())
