@@ -204,7 +204,9 @@ def inference_loader(dataset: InferenceDataset, *, batch_size: int = 8, workers:
     """An in-order ``DataLoader`` of :class:`InferenceBatch` over ``dataset``.
 
     ``workers`` > 0 decodes and resizes in that many processes (the Darknet resize is numpy, so it parallelises
-    across processes, not threads).
+    across processes, not threads). Workers are *spawned*, not forked: a worker forked from a process in which
+    OpenCV or torch already ran multi-threaded can deadlock on a lock held by a thread that no longer exists (seen
+    in training; the training loader does the same).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -212,4 +214,5 @@ def inference_loader(dataset: InferenceDataset, *, batch_size: int = 8, workers:
         raise ValueError(f"workers must be >= 0, got {workers}")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate_inference, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      persistent_workers=False, prefetch_factor=4 if workers else None,
+                      multiprocessing_context="spawn" if workers else None)
