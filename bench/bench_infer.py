@@ -11,8 +11,9 @@ fp32 elsewhere -- the table says which). OpenCV runs ``readNetFromDarknet`` with
 in fp32, on the *same* weights: yolo-v3-tiny uses the official weights when ``../shared/weights`` has them, other
 models random weights that yolodet writes to a temporary ``.weights`` file for every peer to load. The peers are
 timed in turn, one forward each per round, so load from other processes hits all of them alike. Both libraries
-get ``--threads`` threads; ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (set before torch loads, as
-``tools/detect.py`` does) so torch's idle OpenMP threads do not spin on the cores OpenCV is using.
+get ``--threads`` threads; torch's OpenMP threads spin only briefly before sleeping (``OMP_WAIT_POLICY=PASSIVE``,
+``GOMP_SPINCOUNT=10000``, set before torch loads as ``tools/detect.py`` does: :mod:`yolodet.openmp`), so they do
+not spin on the cores OpenCV is using.
 
 The last table times ``tools/detect.py`` end to end on the bundled sample image (process start to exit: imports,
 cfg, weights, optimisation, preprocessing, forward, NMS, drawing and writing the outputs).
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede `import torch` (libgomp reads it when loaded)
+from yolodet.openmp import set_openmp_defaults
+
+set_openmp_defaults()  # as tools/detect.py does; must precede `import torch`
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
@@ -223,7 +226,8 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical), native bf16: {cpu_has_native_bf16()}, torch "
           f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), OpenCV {cv2.__version__}; "
-          f"{args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; input "
+          f"{args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; input "
           f"{args.img_size}x{args.img_size}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print()
     print("| model | weights | batch | yolodet mode | yolodet ms/img | OpenCV DNN ms/img | yolodet / OpenCV "

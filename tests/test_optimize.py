@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from conftest import FIXTURES, REFERENCE_CFGS, ROOT, randomize
+from yolodet.blocks.structural import MaxPool
 from yolodet.detector import Detector
 from yolodet.model import Darknet
 from yolodet.optimize import (
     FrozenConv,
     InferenceModel,
+    PairMaxPool,
     cpu_has_native_bf16,
     fast_precision,
     fold_batchnorm,
@@ -87,16 +89,35 @@ def test_every_activation_fused_or_not_is_exact(act: str, onednn: bool) -> None:
         assert _rel_err(optimize_for_inference(model)(x), ref) < 1e-5
 
 
-def test_fold_batchnorm_replaces_convs_only() -> None:
+def test_fold_batchnorm_replaces_convs_and_pair_pools_only() -> None:
     model = randomize(Darknet.from_cfg(FIXTURES / "tiny.cfg"))
     folded = fold_batchnorm(model)
+    assert any(isinstance(layer, PairMaxPool) for layer in folded.layers)
     for orig, new in zip(model.layers, folded.layers):
         assert isinstance(new, FrozenConv) == (type(orig).__name__ == "ConvBlock")
+        assert isinstance(new, PairMaxPool) == (isinstance(orig, MaxPool) and orig.size == 2
+                                                and orig.stride == (2, 2) and not any(orig.pads))
         assert new is not orig and new.out_shape == orig.out_shape and new.sources == orig.sources
     assert not any(p.requires_grad for p in folded.parameters()) and not folded.training
     assert folded.heads == model.heads
     with pytest.raises(TypeError, match="cannot be saved"):
         save_darknet_weights(folded, "/nonexistent/never-written.weights")
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 9), (2, 3)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pair_maxpool_equals_maxpool(hw: tuple[int, int], channels_last: bool) -> None:
+    h, w = hw
+    out_shape = (3, h // 2, w // 2)
+    pool = MaxPool(2, (2, 2), (0, 0, 0, 0), out_shape)
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+    x[0, 1, 0, 0] = float("nan")
+    x[1, 2, -1, -1] = float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref, out = pool(x, []), PairMaxPool(pool)(x)
+    assert torch.equal(out.nan_to_num(), ref.nan_to_num()) and torch.equal(out.isnan(), ref.isnan())
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 def test_inference_model_is_frozen() -> None:

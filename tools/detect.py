@@ -4,16 +4,15 @@ a JSON of detections and (optionally) Darknet-style txt labels."""
 
 from __future__ import annotations
 
-import os
+from yolodet.openmp import set_openmp_defaults
 
-# Idle OpenMP threads sleep instead of spinning: on a loaded machine (or next to other work, e.g. the DataLoader
-# workers) spinning threads made the forward pass up to 5x slower; on an idle one the cost is within noise. Must
-# precede `import torch` (libgomp reads it when loaded); an explicit OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP threads spin briefly, then sleep (see yolodet.openmp); must precede `import torch`.
+set_openmp_defaults()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402

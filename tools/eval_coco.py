@@ -20,27 +20,33 @@ The last line printed is machine-readable: ``AP=0.1504 AP50=0.2826``. Exit codes
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
-import logging
-import math
-import sys
-from pathlib import Path
-from typing import Any
+from yolodet.openmp import set_openmp_defaults
 
-import torch
+# Idle OpenMP threads spin briefly, then sleep (see yolodet.openmp); must precede `import torch`.
+set_openmp_defaults()
 
-from yolodet.atomic import atomic_write_bytes
-from yolodet.cfg import CfgError
-from yolodet.checkpoint import CheckpointError
-from yolodet.data import DatasetError, read_coco, read_darknet_data
-from yolodet.data.loader import IMAGE_DECODERS
-from yolodet.detector import Detector
-from yolodet.evaluation import EvalResult, evaluate, pr_curve_figure
-from yolodet.fetch import FetchError, ensure_weights
-from yolodet.preprocess import PREPROCESS_MODES
-from yolodet.weights import WeightsError
+import argparse  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from yolodet.atomic import atomic_write_bytes  # noqa: E402
+from yolodet.cfg import CfgError  # noqa: E402
+from yolodet.checkpoint import CheckpointError  # noqa: E402
+from yolodet.data import DatasetError, read_coco, read_darknet_data  # noqa: E402
+from yolodet.data.loader import IMAGE_DECODERS  # noqa: E402
+from yolodet.detector import Detector  # noqa: E402
+from yolodet.evaluation import EvalResult, evaluate, pr_curve_figure  # noqa: E402
+from yolodet.fetch import FetchError, ensure_weights  # noqa: E402
+from yolodet.optimize import PRECISIONS  # noqa: E402
+from yolodet.preprocess import PREPROCESS_MODES  # noqa: E402
+from yolodet.weights import WeightsError  # noqa: E402
 
 log = logging.getLogger("eval_coco")
 
@@ -67,6 +73,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="image loading processes (default 2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                      help="network precision: fp32 (default), bf16 (fast on CPUs with native bf16), fp16 (CUDA); "
+                           "decoding, NMS and scoring stay fp32")
+    prec.add_argument("--half", dest="precision", action="store_const", const="half",
+                      help="fast mode: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, one per physical core)")
     p.add_argument("--decoder", choices=IMAGE_DECODERS,
                    help="image decoder (default: stb, Darknet's, when built; else opencv)")
     p.add_argument("--results", help="write the COCO results json here (atomically)")
@@ -84,6 +97,8 @@ def main(args: argparse.Namespace) -> int:
         if problem:
             log.error("%s", problem)
             return EXIT_BAD_INPUT
+        if args.threads:
+            torch.set_num_threads(args.threads)
         source, gt = _load_ground_truth(args)
         detector = _load_detector(args, source.names)
         result = evaluate(detector, source, conf_thres=args.conf_thres, nms_thres=args.nms_thres,
@@ -124,6 +139,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--conf-thres must be in [0, 1) and --nms-thres in (0, 1], got {args.conf_thres}, {args.nms_thres}"
     if args.batch_size < 1 or args.workers < 0 or args.max_det < 1:
         return "--batch-size and --max-det must be >= 1, --workers >= 0"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be >= 1, got {args.threads}"
     return None
 
 
@@ -148,11 +165,12 @@ def _load_detector(args: argparse.Namespace, names: list[str]) -> Detector:
         weights = ensure_weights(Path("weights") / f"{Path(args.cfg).stem}.weights")
     size = None if not args.img_size else (args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    detector = Detector.from_cfg(args.cfg, weights, img_size=size, preprocess=args.preprocess, device=device)
+    detector = Detector.from_cfg(args.cfg, weights, img_size=size, preprocess=args.preprocess, device=device,
+                                 precision=args.precision)
     if len(names) == len(detector.names):
         detector.names = list(names)
-    log.info("model %s + %s: %d classes, input %dx%d, %s, %s", args.cfg or "(embedded cfg)", weights,
-             len(detector.names), *detector.img_size, detector.preprocess_mode, detector.device)
+    log.info("model %s + %s: %d classes, input %dx%d, %s, %s, %s", args.cfg or "(embedded cfg)", weights,
+             len(detector.names), *detector.img_size, detector.preprocess_mode, detector.device, detector.precision)
     return detector
 
 
@@ -172,7 +190,8 @@ def _print_report(result: EvalResult) -> None:
         print(f"({absent} classes have no ground truth here and are not scored)")
     print(result.summary)
     p = result.protocol
-    print(f"protocol: {p['img_size'][0]}x{p['img_size'][1]} {p['preprocess']}, decoder {p['decoder']}, "
+    print(f"protocol: {p['img_size'][0]}x{p['img_size'][1]} {p['preprocess']}, {p['precision']}, "
+          f"decoder {p['decoder']}, "
           f"conf {p['conf_thres']:g}, NMS {p['nms_thres']:g}, maxDets {p['max_det']}, "
           f"category ids {result.category_rule}")
     print(f"{result.num_images} images ({result.num_unreadable} unreadable), {len(result.results)} detections, "

@@ -137,6 +137,7 @@ def evaluate(model: Detector | Darknet, source: DatasetSource, *, img_size: int 
     names = _category_names(gt, class_ids, detector.names)
     table = per_class_ap(scores, class_ids, names, _gt_counts(gt, image_ids))
     protocol = {"img_size": list(detector.img_size), "preprocess": detector.preprocess_mode,
+                "precision": detector.precision,
                 "conf_thres": conf_thres, "nms_thres": nms_thres, "max_det": max_det, "decoder": decoder}
     return EvalResult(ap=scores.stats[0], ap50=scores.stats[1], stats=scores.stats, per_class=table,
                       results=results, num_images=len(source.samples), unreadable=unreadable, seconds=seconds,
@@ -151,7 +152,8 @@ def _as_detector(model: Detector | Darknet, img_size, preprocess, device) -> Det
             model.model.eval()
             return model
         return Detector(model.model, names=model.names, img_size=img_size or model.img_size,
-                        preprocess=preprocess or model.preprocess_mode, device=device or model.device)
+                        preprocess=preprocess or model.preprocess_mode, device=device or model.device,
+                        precision=model.precision, optimize=model.optimize)
     if not isinstance(model, Darknet):
         raise TypeError(f"model must be a Detector or a Darknet, got {type(model).__name__}")
     if device is None:
