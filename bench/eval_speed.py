@@ -13,21 +13,25 @@ Not a test. Usage: ``python bench/eval_speed.py [--preprocess darknet-letterbox]
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from pathlib import Path
+from yolodet.openmp import set_openmp_defaults
 
-import cv2
-import numpy as np
-import torch
+set_openmp_defaults()  # as tools/eval_coco.py does; must precede `import torch`
 
-from yolodet.data import read_coco
-from yolodet.data.loader import InferenceDataset, default_decoder
-from yolodet.detector import Detector
-from yolodet.evaluation import category_mapping, coco_evaluate, detections_to_coco, evaluate
-from yolodet.postprocess import postprocess
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from yolodet.data import read_coco  # noqa: E402
+from yolodet.data.loader import InferenceDataset, default_decoder, default_workers  # noqa: E402
+from yolodet.detector import Detector  # noqa: E402
+from yolodet.evaluation import category_mapping, coco_evaluate, detections_to_coco, evaluate  # noqa: E402
+from yolodet.postprocess import postprocess  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -40,7 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=416)
     p.add_argument("--preprocess", default="darknet-resize")
     p.add_argument("--batch-size", type=int, default=8, help="both sides (OpenCV gets N-image blobs)")
-    p.add_argument("--workers", type=int, default=2, help="yolodet's image-loading processes")
+    p.add_argument("--workers", type=int, help="yolodet's image-loading processes (default: as tools/eval_coco.py, "
+                                               "the cores torch's threads leave free, at most 2)")
     p.add_argument("--device", default="cpu", help="yolodet's device (OpenCV DNN runs on the CPU)")
     return p
 
@@ -78,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
     gt = json.loads(Path(args.annotations).read_text())
     decoder = default_decoder()
 
+    if args.workers is None:
+        args.workers = default_workers(len(source.samples), args.batch_size)
     start = time.perf_counter()
     detector = Detector.from_cfg(args.cfg, args.weights, img_size=args.img_size, preprocess=args.preprocess,
                                  device=args.device)

@@ -32,6 +32,7 @@ from yolodet.evaluation import (
     per_class_ap,
 )
 from yolodet.model import Darknet
+from yolodet.optimize import fast_precision
 from yolodet.postprocess import Detections
 from yolodet.preprocess import ImageReadError, read_image
 
@@ -209,9 +210,18 @@ def test_evaluate_custom_ids_bare_model(custom_set: Path, tiny_model: Darknet, d
         assert 0.005 < r["score"] <= 1
     assert len(result.stats) == 12 and result.ap == result.stats[0] and result.ap50 == result.stats[1]
     assert [(c.name, c.category_id, c.num_gt) for c in result.per_class] == [("cat", 5, 2), ("dog", 9, 1)]
-    assert result.protocol == {"img_size": [64, 64], "preprocess": "darknet-resize", "conf_thres": 0.005,
-                               "nms_thres": 0.45, "max_det": 100, "decoder": decoder}
+    assert result.protocol == {"img_size": [64, 64], "preprocess": "darknet-resize", "precision": "fp32",
+                               "conf_thres": 0.005, "nms_thres": 0.45, "max_det": 100, "decoder": decoder}
     assert result.images_per_s > 0
+
+
+def test_evaluate_keeps_the_detectors_precision_with_overrides(custom_set: Path, tiny_model: Darknet) -> None:
+    """A size/preprocess override rebuilds the Detector; its precision (and optimisation) must survive."""
+    detector = Detector(tiny_model, img_size=96, precision="bf16", optimize=True)
+    source = read_coco(custom_set)
+    result = evaluate(detector, source, img_size=64, preprocess="darknet-letterbox", batch_size=2, progress=False)
+    assert result.protocol["precision"] == "bf16" and result.protocol["img_size"] == [64, 64]
+    assert result.protocol["preprocess"] == "darknet-letterbox" and result.results
 
 
 def test_evaluate_coco_ids_with_an_80_class_detector(tmp_path: Path) -> None:
@@ -263,10 +273,11 @@ def test_cli_darknet_data_file(tiny_model: Darknet, tmp_path: Path, capsys) -> N
     args = tool.get_args_parser().parse_args([
         "--cfg", str(TINY_CFG), "--weights", str(ckpt), "--data", str(FIXTURES / "data" / "darknet" / "tiny.data"),
         "--img-size", "64", "--preprocess", "darknet-letterbox", "--workers", "0", "--no-progress",
-        "--results", str(tmp_path / "r.json")])
+        "--results", str(tmp_path / "r.json"), "--half"])
     assert tool.main(args) == 0
     out = capsys.readouterr().out
     assert "1 images (0 unreadable)" in out and "category ids identity" in out and "darknet-letterbox" in out
+    assert f"darknet-letterbox, {fast_precision('cpu')}," in out  # the fast mode, as the protocol line says
     assert {e["image_id"] for e in json.loads((tmp_path / "r.json").read_text())} == {42}
     assert {e["category_id"] for e in json.loads((tmp_path / "r.json").read_text())} <= {1, 2}
 
@@ -276,6 +287,8 @@ def test_cli_darknet_data_file(tiny_model: Darknet, tmp_path: Path, capsys) -> N
     (["--cfg", str(TINY_CFG), "--weights", "nope.weights", "--annotations", str(TINY_CFG)], "nope.weights"),
     (["--cfg", str(TINY_CFG)], "exactly one of --annotations"),
     (["--cfg", "nope.cfg", "--data", str(FIXTURES / "data" / "darknet" / "tiny.data")], "--cfg nope.cfg"),
+    (["--cfg", str(TINY_CFG), "--data", str(FIXTURES / "data" / "darknet" / "tiny.data"), "--threads", "0"],
+     "--threads must be >= 1"),
 ])
 def test_cli_bad_inputs_exit_2_without_traceback(argv: list[str], message: str, caplog) -> None:
     tool = _load_tool()

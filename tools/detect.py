@@ -12,7 +12,6 @@ set_openmp_defaults()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -24,7 +23,12 @@ import torch  # noqa: E402
 
 from yolodet.cfg import CfgError  # noqa: E402
 from yolodet.checkpoint import CheckpointError, is_checkpoint  # noqa: E402
-from yolodet.data.loader import IMAGE_DECODERS, InferenceDataset, inference_loader  # noqa: E402
+from yolodet.data.loader import (  # noqa: E402
+    IMAGE_DECODERS,
+    InferenceDataset,
+    default_workers,
+    inference_loader,
+)
 from yolodet.detector import Detector  # noqa: E402
 from yolodet.draw import draw_detections  # noqa: E402
 from yolodet.fetch import FetchError, ensure_weights  # noqa: E402
@@ -214,15 +218,6 @@ class Run:
             tmp.replace(self.out / f"{item.path.stem}.mp4")
         if not self.args.quiet:
             print(f"{item.path}: {frames} frames, {total_ms / frames:.1f} ms per frame")
-
-
-def default_workers(images: int, batch_size: int) -> int:
-    """Loader processes: none for a single batch (starting one costs more than it overlaps); else the cores torch
-    leaves idle, at most 2 (on a 2-core machine with 2 torch threads a worker only competes with the network:
-    measured equal throughput with 0, 1 or 2)."""
-    if images <= batch_size:
-        return 0
-    return min(2, max(0, (os.cpu_count() or 1) - torch.get_num_threads()))
 
 
 def _chunks(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:

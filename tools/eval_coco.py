@@ -40,7 +40,7 @@ from yolodet.atomic import atomic_write_bytes  # noqa: E402
 from yolodet.cfg import CfgError  # noqa: E402
 from yolodet.checkpoint import CheckpointError  # noqa: E402
 from yolodet.data import DatasetError, read_coco, read_darknet_data  # noqa: E402
-from yolodet.data.loader import IMAGE_DECODERS  # noqa: E402
+from yolodet.data.loader import IMAGE_DECODERS, default_workers  # noqa: E402
 from yolodet.detector import Detector  # noqa: E402
 from yolodet.evaluation import EvalResult, evaluate, pr_curve_figure  # noqa: E402
 from yolodet.fetch import FetchError, ensure_weights  # noqa: E402
@@ -71,7 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--nms-thres", type=float, default=0.45, help="per-class NMS IoU (default 0.45)")
     p.add_argument("--max-det", type=int, default=100, help="COCOeval maxDets per image and class (default 100)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2, help="image loading processes (default 2)")
+    p.add_argument("--workers", type=int, help="image loading processes overlapping the network (default: the "
+                                               "cores torch's threads leave free, at most 2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -101,8 +102,10 @@ def main(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         source, gt = _load_ground_truth(args)
         detector = _load_detector(args, source.names)
+        workers = args.workers if args.workers is not None else default_workers(len(source.samples),
+                                                                                  args.batch_size)
         result = evaluate(detector, source, conf_thres=args.conf_thres, nms_thres=args.nms_thres,
-                          batch_size=args.batch_size, workers=args.workers, gt=gt, max_det=args.max_det,
+                          batch_size=args.batch_size, workers=workers, gt=gt, max_det=args.max_det,
                           decoder=args.decoder, progress=not args.no_progress)
     except _INPUT_ERRORS as exc:
         log.debug("details", exc_info=True)
@@ -137,7 +140,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--images {args.images}: no such directory"
     if not 0 <= args.conf_thres < 1 or not 0 < args.nms_thres <= 1:
         return f"--conf-thres must be in [0, 1) and --nms-thres in (0, 1], got {args.conf_thres}, {args.nms_thres}"
-    if args.batch_size < 1 or args.workers < 0 or args.max_det < 1:
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 0) or args.max_det < 1:
         return "--batch-size and --max-det must be >= 1, --workers >= 0"
     if args.threads is not None and args.threads < 1:
         return f"--threads must be >= 1, got {args.threads}"

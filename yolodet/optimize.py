@@ -11,8 +11,8 @@ outputs faster, in fp32 or in a reduced precision.
 - runs 2x2/2 ``[maxpool]`` as one elementwise maximum of four strided views (:class:`PairMaxPool`, exact);
 - keeps activations in ``channels_last`` (NHWC), the layout oneDNN and cuDNN convolve fastest;
 - on the CPU, runs a batch one image at a time: the early full-resolution layers of a batch of 8 spill out of the
-  caches and become memory-bound (2-core AVX2 EPYC, 416x416: yolov3-tiny 35 ms/image one by one vs 46 ms/image
-  as a batch of 8, yolov3 375 vs 394 ms/image);
+  caches and become memory-bound (2-core EPYC, 416x416, yolov3-tiny: 35 ms/image one by one vs 46 ms/image as a
+  batch of 8 with AVX2, 30 vs 35 ms/image with AVX-512; yolov3 with AVX2: 375 vs 394 ms/image);
 - casts the weights once to the compute dtype of ``precision`` (``bf16``, or ``fp16`` on CUDA) instead of per call
   as ``torch.autocast`` would; every layer of a Darknet cfg (conv, pool, upsample, route, shortcut) is safe in
   these dtypes. Outputs come back as float32, so decoding and NMS stay in fp32.
@@ -40,8 +40,8 @@ from yolodet.model import Darknet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "FrozenConv", "InferenceModel", "PairMaxPool", "compute_dtype", "cpu_has_native_bf16", "fast_precision",
-           "fold_batchnorm", "optimize_for_inference", "resolve_precision", "weights_version"]
+__all__ = ["PRECISIONS", "FrozenConv", "InferenceModel", "PairMaxPool", "compute_dtype", "cpu_has_native_bf16",
+           "fast_precision", "fold_batchnorm", "optimize_for_inference", "resolve_precision", "weights_version"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""COCO128 accuracy cost of the fast mode, read against the noise floor of a 128-image AP.
+
+Prints, per preprocessing convention, the AP / AP50 of fp32 and of the fast mode (``--fast``, default the device's
+``half``: bf16 on CPUs with native bf16, fp16 on CUDA), then the same two evaluated ``--seeds`` more times with an
+input jitter the size of bf16's own rounding (each input value times ``1 + 2**-9 * N(0, 1)``: a quarter of a grey
+level at mid-grey), the *same* jitter for both precisions in each round. The spread of the jittered fp32 APs is how
+much AP on 128 images moves for perturbations nobody could see; the paired difference (fast - fp32, mean and
+standard error over the seeds) is the fast mode's cost measured above that floor.
+
+Not a test. Usage: ``python bench/precision_accuracy.py [--seeds 8] [--preprocess darknet-letterbox]``
+"""
+
+from __future__ import annotations
+
+from yolodet.openmp import set_openmp_defaults
+
+set_openmp_defaults()  # as the tools do; must precede `import torch`
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import torch  # noqa: E402
+
+from yolodet.data import read_coco  # noqa: E402
+from yolodet.detector import Detector  # noqa: E402
+from yolodet.evaluation import evaluate  # noqa: E402
+from yolodet.optimize import fast_precision, resolve_precision  # noqa: E402
+from yolodet.postprocess import Detections  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg", default=str(SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg"))
+    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov3-tiny.weights"))
+    p.add_argument("--annotations", default=str(SHARED / "data" / "coco128" / "annotations" / "instances.json"))
+    p.add_argument("--preprocess", nargs="+", default=["darknet-letterbox", "darknet-resize"])
+    p.add_argument("--fast", default="half", help="precision compared with fp32 (default: half, the device's)")
+    p.add_argument("--seeds", type=int, default=8, help="jittered rounds per precision (default: %(default)s)")
+    p.add_argument("--noise", type=float, default=2.0 ** -9, help="relative input jitter (default: 2**-9)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=2)
+    return p
+
+
+class JitteredDetector(Detector):
+    """A Detector that multiplies every input batch by ``1 + noise * N(0, 1)`` (seeded: a round's jitter is the
+    same whatever the precision, as long as the batches come in the same order, which the loader guarantees)."""
+
+    def __init__(self, *args, noise: float, seed: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.noise = noise
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def infer(self, batch: torch.Tensor, mappings=None, **kwargs) -> list[Detections]:
+        jitter = torch.randn(batch.shape, generator=self.generator).to(batch.device)
+        return super().infer(batch * (1 + self.noise * jitter), mappings, **kwargs)
+
+
+def run(args: argparse.Namespace, precision: str, preprocess: str, seed: int | None) -> tuple[float, float]:
+    kwargs = dict(preprocess=preprocess, device=args.device, precision=precision)
+    if seed is None:
+        detector = Detector.from_cfg(args.cfg, args.weights, **kwargs)
+    else:
+        detector = JitteredDetector.from_cfg(args.cfg, args.weights, noise=args.noise, seed=seed, **kwargs)
+    result = evaluate(detector, args.source, gt=args.gt, workers=args.workers, progress=False)
+    return result.ap, result.ap50
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    fast = resolve_precision(args.fast, args.device)
+    if fast == "fp32":
+        raise SystemExit(f"{args.device} has no fast reduced precision ({fast_precision(args.device)}): nothing to "
+                         "compare")
+    args.source = read_coco(args.annotations, None)
+    with open(args.annotations, encoding="utf-8") as f:
+        args.gt = json.load(f)
+    start = time.perf_counter()
+    print(f"{Path(args.cfg).name} + {Path(args.weights).name} on {len(args.source.samples)} images; fast mode = "
+          f"{fast}; jitter {args.noise:.2g} relative, {args.seeds} seeds; torch {torch.__version__}\n")
+    print("| preprocess | metric | fp32 | fast | fast - fp32 | fp32 jittered (mean ± sd) | fast jittered "
+          "(mean ± sd) | paired fast - fp32 (mean ± s.e.) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for preprocess in args.preprocess:
+        exact = {p: run(args, p, preprocess, None) for p in ("fp32", fast)}
+        jittered = {p: [run(args, p, preprocess, seed) for seed in range(args.seeds)] for p in ("fp32", fast)}
+        for k, metric in enumerate(("AP", "AP50")):
+            a, b = exact["fp32"][k], exact[fast][k]
+            ja = [r[k] for r in jittered["fp32"]]
+            jb = [r[k] for r in jittered[fast]]
+            diffs = [y - x for x, y in zip(ja, jb)]
+            se = statistics.stdev(diffs) / len(diffs) ** 0.5
+            print(f"| {preprocess} | {metric} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {_mean_sd(ja)} | {_mean_sd(jb)} "
+                  f"| {statistics.mean(diffs):+.4f} ± {se:.4f} |", flush=True)
+    print(f"\n{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
