@@ -6,7 +6,9 @@ Prints, per preprocessing convention, the AP / AP50 of fp32 and of the fast mode
 input jitter the size of bf16's own rounding (each input value times ``1 + 2**-9 * N(0, 1)``: a quarter of a grey
 level at mid-grey), the *same* jitter for both precisions in each round. The spread of the jittered fp32 APs is how
 much AP on 128 images moves for perturbations nobody could see; the paired difference (fast - fp32, mean and
-standard error over the seeds) is the fast mode's cost measured above that floor.
+standard error over the seeds) is the fast mode's cost measured above that floor. A last table evaluates fp32
+with the *weights* jittered instead (each conv weight times ``1 + 2**-9 * U(-1, 1)``, the size of bf16's rounding
+of a weight): the AP of models as close to the official weights as the bf16 model is.
 
 Not a test. Usage: ``python bench/precision_accuracy.py [--seeds 8] [--preprocess darknet-letterbox]``
 """
@@ -27,7 +29,10 @@ from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
+from yolodet.blocks.conv import ConvBlock  # noqa: E402
+from yolodet.checkpoint import load_model  # noqa: E402
 from yolodet.data import read_coco  # noqa: E402
+from yolodet.data.loader import default_workers  # noqa: E402
 from yolodet.detector import Detector  # noqa: E402
 from yolodet.evaluation import evaluate  # noqa: E402
 from yolodet.optimize import fast_precision, resolve_precision  # noqa: E402
@@ -46,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=8, help="jittered rounds per precision (default: %(default)s)")
     p.add_argument("--noise", type=float, default=2.0 ** -9, help="relative input jitter (default: 2**-9)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, help="image-loading processes (default: as tools/eval_coco.py)")
     return p
 
 
@@ -74,6 +79,19 @@ def run(args: argparse.Namespace, precision: str, preprocess: str, seed: int | N
     return result.ap, result.ap50
 
 
+def run_weight_jitter(args: argparse.Namespace, preprocess: str, seed: int) -> tuple[float, float]:
+    model = load_model(args.cfg, args.weights)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.layers:
+            if isinstance(layer, ConvBlock):
+                w = layer.conv.weight
+                w.mul_(1 + args.noise * (2 * torch.rand(w.shape, generator=g) - 1))
+    detector = Detector(model, preprocess=preprocess, device=args.device)
+    result = evaluate(detector, args.source, gt=args.gt, workers=args.workers, progress=False)
+    return result.ap, result.ap50
+
+
 def _mean_sd(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
@@ -85,6 +103,8 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.device} has no fast reduced precision ({fast_precision(args.device)}): nothing to "
                          "compare")
     args.source = read_coco(args.annotations, None)
+    if args.workers is None:
+        args.workers = default_workers(len(args.source.samples), 8)
     with open(args.annotations, encoding="utf-8") as f:
         args.gt = json.load(f)
     start = time.perf_counter()
@@ -104,6 +124,15 @@ def main(args: argparse.Namespace) -> None:
             se = statistics.stdev(diffs) / len(diffs) ** 0.5
             print(f"| {preprocess} | {metric} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {_mean_sd(ja)} | {_mean_sd(jb)} "
                   f"| {statistics.mean(diffs):+.4f} ± {se:.4f} |", flush=True)
+    print(f"\n| preprocess | metric | fp32 | fp32, weights jittered ({args.seeds} seeds, mean ± sd) | min | max |")
+    print("|---|---|---:|---:|---:|---:|")
+    for preprocess in args.preprocess:
+        exact = run(args, "fp32", preprocess, None)
+        runs = [run_weight_jitter(args, preprocess, seed) for seed in range(args.seeds)]
+        for k, metric in enumerate(("AP", "AP50")):
+            values = [r[k] for r in runs]
+            print(f"| {preprocess} | {metric} | {exact[k]:.4f} | {_mean_sd(values)} | {min(values):.4f} | "
+                  f"{max(values):.4f} |", flush=True)
     print(f"\n{time.perf_counter() - start:.0f} s")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, OFFICIAL_TINY, REFERENCE_CFGS, need_shared, randomize
+from conftest import FIXTURES, OFFICIAL_TINY, SHARED, need_shared, randomize
 from yolodet.cfg_tools import set_classes
 from yolodet.checkpoint import save_checkpoint
 from yolodet.engine import build_optimizer
@@ -73,7 +73,7 @@ def test_weights_that_fit_nothing_are_an_error(tmp_path: Path) -> None:
 
 
 def test_official_coco_tiny_into_one_class() -> None:
-    cfg = need_shared(next(p for p in REFERENCE_CFGS if p.name == "yolov3-tiny.cfg"))
+    cfg = need_shared(SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg")
     weights = need_shared(OFFICIAL_TINY)
     model = Darknet.from_cfg_text(set_classes(cfg.read_text(), 1), "one.cfg")
     report = load_pretrained(model, weights)
