@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from yolodet.cfg import CfgError  # noqa: E402
 from yolodet.checkpoint import CheckpointError, is_checkpoint  # noqa: E402
+from yolodet.cli import add_precision_options, add_threads_option, threads_problem  # noqa: E402
 from yolodet.data.loader import (  # noqa: E402
     IMAGE_DECODERS,
     InferenceDataset,
@@ -40,7 +41,6 @@ from yolodet.media import (  # noqa: E402
     iter_video_frames,
     write_image,
 )
-from yolodet.optimize import PRECISIONS  # noqa: E402
 from yolodet.postprocess import Detections  # noqa: E402
 from yolodet.preprocess import PREPROCESS_MODES  # noqa: E402
 from yolodet.weights import WeightsError  # noqa: E402
@@ -78,17 +78,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", choices=IMAGE_DECODERS, help="image decoder (default: stb, Darknet's own, when "
                    "built; else opencv)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    prec = p.add_mutually_exclusive_group()
-    prec.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                      help="network precision: fp32 (default), bf16 (fast on CPUs with native bf16), fp16 (CUDA); "
-                           "decoding and NMS stay fp32")
-    prec.add_argument("--half", dest="precision", action="store_const", const="half",
-                      help="fast mode: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
+    add_precision_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="images (or video frames) per forward pass (default: 8)")
     p.add_argument("--workers", type=int, help="image reading/resizing processes, overlapping the network "
                                                "(default: the cores torch's threads leave free, at most 2; 0 for a "
                                                "single batch)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, one per physical core)")
+    add_threads_option(p)
     p.add_argument("--output", default="runs/detect", help="output folder (default: %(default)s)")
     p.add_argument("--save-txt", action="store_true", help="also write Darknet label txt files (class cx cy w h)")
     p.add_argument("--no-images", action="store_true", help="do not write annotated images/videos")
@@ -252,6 +247,10 @@ def build_detector(args: argparse.Namespace) -> Detector:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    problem = threads_problem(args.threads)
+    if problem:
+        log.error("%s", problem)
+        return EXIT_ERROR
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size < 1 or not 0 <= args.conf_thres <= 1 or not 0 <= args.nms_thres <= 1 \

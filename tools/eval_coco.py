@@ -39,12 +39,12 @@ import torch  # noqa: E402
 from yolodet.atomic import atomic_write_bytes  # noqa: E402
 from yolodet.cfg import CfgError  # noqa: E402
 from yolodet.checkpoint import CheckpointError  # noqa: E402
+from yolodet.cli import add_precision_options, add_threads_option, threads_problem  # noqa: E402
 from yolodet.data import DatasetError, read_coco, read_darknet_data  # noqa: E402
 from yolodet.data.loader import IMAGE_DECODERS, default_workers  # noqa: E402
 from yolodet.detector import Detector  # noqa: E402
 from yolodet.evaluation import EvalResult, evaluate, pr_curve_figure  # noqa: E402
 from yolodet.fetch import FetchError, ensure_weights  # noqa: E402
-from yolodet.optimize import PRECISIONS  # noqa: E402
 from yolodet.preprocess import PREPROCESS_MODES  # noqa: E402
 from yolodet.weights import WeightsError  # noqa: E402
 
@@ -74,13 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="image loading processes overlapping the network (default: the "
                                                "cores torch's threads leave free, at most 2)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    prec = p.add_mutually_exclusive_group()
-    prec.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                      help="network precision: fp32 (default), bf16 (fast on CPUs with native bf16), fp16 (CUDA); "
-                           "decoding, NMS and scoring stay fp32")
-    prec.add_argument("--half", dest="precision", action="store_const", const="half",
-                      help="fast mode: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, one per physical core)")
+    add_precision_options(p)
+    add_threads_option(p)
     p.add_argument("--decoder", choices=IMAGE_DECODERS,
                    help="image decoder (default: stb, Darknet's, when built; else opencv)")
     p.add_argument("--results", help="write the COCO results json here (atomically)")
@@ -142,9 +137,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--conf-thres must be in [0, 1) and --nms-thres in (0, 1], got {args.conf_thres}, {args.nms_thres}"
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0) or args.max_det < 1:
         return "--batch-size and --max-det must be >= 1, --workers >= 0"
-    if args.threads is not None and args.threads < 1:
-        return f"--threads must be >= 1, got {args.threads}"
-    return None
+    return threads_problem(args.threads)
 
 
 def _load_ground_truth(args: argparse.Namespace):
