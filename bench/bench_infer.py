@@ -114,10 +114,14 @@ def opencv_peer(cfg: Path, weights: Path, model: Darknet) -> Callable[[np.ndarra
     return run
 
 
-def pytorchyolo_peer(cfg: Path, weights: Path) -> Callable[[np.ndarray], object] | None:
+def pytorchyolo_peer(cfg: Path, weights: Path, notes: list[str]) -> Callable[[np.ndarray], object] | None:
+    """The pytorchyolo package's model of ``cfg`` + ``weights``; None (and a note why) when it cannot be used."""
     try:
         from pytorchyolo.models import load_model  # type: ignore[import-not-found]
     except ImportError:
+        return None
+    except Exception as exc:  # installed but broken, e.g. pytorchyolo 1.8's imgaug under NumPy 2
+        notes.append(f"pytorchyolo is installed but does not import: {type(exc).__name__}: {exc}")
         return None
     model = load_model(str(cfg), str(weights)).to("cpu").eval()
 
@@ -195,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
             fp32 = optimize_for_inference(model, precision="fp32", device="cpu")
             fastm = fp32 if fast == "fp32" else optimize_for_inference(model, precision=fast, device="cpu")
             cv = None if args.no_opencv else opencv_peer(cfg, weights, model)
-            pty = pytorchyolo_peer(cfg, weights)
+            pty = pytorchyolo_peer(cfg, weights, notes)
             for batch in args.batches:
                 blob = np.random.default_rng(0).random((batch, 3, args.img_size, args.img_size), dtype=np.float32)
                 x = torch.from_numpy(blob)
