@@ -7,9 +7,9 @@ input jitter the size of bf16's own rounding (each input value times ``1 + 2**-9
 level at mid-grey), the *same* jitter for both precisions in each round. The spread of the jittered fp32 APs is how
 much AP on 128 images moves for perturbations nobody could see; the paired difference (fast - fp32, mean and
 standard error over the seeds) is the fast mode's cost measured above that floor. A last table evaluates fp32
-with the *weights* jittered instead (each BN-folded conv weight times ``1 + 2**-9 * U(-1, 1)``, the size of bf16's
-rounding of a weight): the AP of models about as close to the official weights as the bf16 model is; and fp32 with the weights rounded
-to bf16 (the bf16 model's weights, without its bf16 arithmetic).
+with the weights rounded to bf16 (the fast mode's own weights without its bf16 arithmetic), and fp32 with the
+*weights* jittered instead of the inputs (each BN-folded conv weight times ``1 + 2**-9 * U(-1, 1)``, the size of
+bf16's rounding of a weight): models about as close to the official weights as the bf16 model is.
 
 Not a test. Usage: ``python bench/precision_accuracy.py [--seeds 8] [--preprocess darknet-letterbox]``
 """
@@ -55,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess", nargs="+", default=["darknet-letterbox", "darknet-resize"])
     p.add_argument("--fast", default="half", help="precision compared with fp32 (default: half, the device's)")
     p.add_argument("--seeds", type=int, default=8, help="jittered rounds per precision (default: %(default)s)")
-    p.add_argument("--noise", type=float, default=2.0 ** -9, help="relative input jitter (default: 2**-9)")
+    p.add_argument("--noise", type=float, default=2.0 ** -9,
+                   help="relative jitter of the inputs, and of the weights in the last table (default: 2**-9)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, help="image-loading processes (default: as tools/eval_coco.py)")
     return p
@@ -96,17 +97,17 @@ class PrebuiltDetector(Detector):
         return self.net
 
 
-def run_weight_jitter(args: argparse.Namespace, preprocess: str, seed: int | None) -> tuple[float, float]:
-    """fp32 AP with every (BN-folded) conv weight jittered (``seed``), or rounded to bf16 as the fast mode rounds
-    them (``seed=None``)."""
+def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | None) -> tuple[float, float]:
+    """fp32 AP with every BN-folded conv weight rounded to bf16 as the fast mode rounds it (``seed=None``), or
+    jittered by ``1 + noise * U(-1, 1)`` (``seed``: the jitter's random seed)."""
     model = load_model(args.cfg, args.weights)
     net = optimize_for_inference(model, device=args.device)
-    g = torch.Generator().manual_seed(seed or 0)
+    g = None if seed is None else torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in net.net.layers:
             if isinstance(layer, FrozenConv):
                 w = layer.weight
-                if seed is None:
+                if g is None:
                     w.copy_(w.bfloat16().float())
                 else:
                     w.mul_(1 + args.noise * (2 * torch.rand(w.shape, generator=g) - 1).to(w.device))
@@ -121,6 +122,8 @@ def _mean_sd(values: Sequence[float]) -> str:
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
+    if args.seeds < 2:
+        raise SystemExit(f"--seeds must be >= 2 (a spread needs two runs), got {args.seeds}")
     fast = resolve_precision(args.fast, args.device)
     if fast == "fp32":
         raise SystemExit(f"{args.device} has no fast reduced precision ({fast_precision(args.device)}): nothing to "
@@ -136,8 +139,10 @@ def main(args: argparse.Namespace) -> None:
     print("| preprocess | metric | fp32 | fast | fast - fp32 | fp32 jittered (mean ± sd) | fast jittered "
           "(mean ± sd) | paired fast - fp32 (mean ± s.e.) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
+    fp32_exact = {}  # preprocess -> (AP, AP50), shared by both tables
     for preprocess in args.preprocess:
         exact = {p: run(args, p, preprocess, None) for p in ("fp32", fast)}
+        fp32_exact[preprocess] = exact["fp32"]
         jittered = {p: [run(args, p, preprocess, seed) for seed in range(args.seeds)] for p in ("fp32", fast)}
         for k, metric in enumerate(("AP", "AP50")):
             a, b = exact["fp32"][k], exact[fast][k]
@@ -147,13 +152,13 @@ def main(args: argparse.Namespace) -> None:
             se = statistics.stdev(diffs) / len(diffs) ** 0.5
             print(f"| {preprocess} | {metric} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {_mean_sd(ja)} | {_mean_sd(jb)} "
                   f"| {statistics.mean(diffs):+.4f} ± {se:.4f} |", flush=True)
-    print(f"\n| preprocess | metric | fp32 | fp32, weights rounded to bf16 | fp32, weights jittered ({args.seeds} seeds, "
-          "mean ± sd) | min | max |")
+    print(f"\n| preprocess | metric | fp32 | fp32, weights rounded to bf16 | fp32, weights jittered "
+          f"({args.seeds} seeds, mean ± sd) | min | max |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for preprocess in args.preprocess:
-        exact = run(args, "fp32", preprocess, None)
-        rounded = run_weight_jitter(args, preprocess, None)
-        runs = [run_weight_jitter(args, preprocess, seed) for seed in range(args.seeds)]
+        exact = fp32_exact[preprocess]
+        rounded = run_altered_weights(args, preprocess, None)
+        runs = [run_altered_weights(args, preprocess, seed) for seed in range(args.seeds)]
         for k, metric in enumerate(("AP", "AP50")):
             values = [r[k] for r in runs]
             print(f"| {preprocess} | {metric} | {exact[k]:.4f} | {rounded[k]:.4f} | {_mean_sd(values)} | "
