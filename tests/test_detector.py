@@ -12,7 +12,6 @@ from conftest import COCO128, FIXTURES, OFFICIAL_TINY, SHARED, need_shared, rand
 from yolodet.detector import Detector
 from yolodet.model import Darknet
 from yolodet.preprocess import preprocess, read_image
-from yolodet.weights import save_darknet_weights
 
 TINY_CFG = SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg"
 
