@@ -8,8 +8,11 @@ level at mid-grey), the *same* jitter for both precisions in each round. The spr
 much AP on 128 images moves for perturbations nobody could see; the paired difference (fast - fp32, mean and
 standard error over the seeds) is the fast mode's cost measured above that floor. A last table evaluates fp32
 with the weights rounded to bf16 (the fast mode's own weights without its bf16 arithmetic), and fp32 with the
-*weights* jittered instead of the inputs (each BN-folded conv weight times ``1 + 2**-9 * U(-1, 1)``, the size of
-bf16's rounding of a weight): models about as close to the official weights as the bf16 model is.
+*weights* jittered instead of the inputs (each BN-folded conv weight times ``1 + e * U(-1, 1)`` for each
+``--weight-noise`` e: 2**-9 is bf16's rounding of a weight, 2**-11 fp16's, 2**-13 a quarter of that): how far
+AP moves for models that close to the official weights. A per-category table splits the exact fast - fp32 AP
+difference into the categories it comes from (a category's AP change over the number of categories with ground
+truth): on 128 images, a category with two objects weighs as much as one with 250.
 
 Not a test. Usage: ``python bench/precision_accuracy.py [--seeds 8] [--preprocess darknet-letterbox]``
 """
@@ -23,6 +26,7 @@ set_openmp_defaults()  # as the tools do; must precede `import torch`
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,7 +38,7 @@ from yolodet.checkpoint import load_model  # noqa: E402
 from yolodet.data import read_coco  # noqa: E402
 from yolodet.data.loader import default_workers  # noqa: E402
 from yolodet.detector import Detector  # noqa: E402
-from yolodet.evaluation import evaluate  # noqa: E402
+from yolodet.evaluation import EvalResult, evaluate  # noqa: E402
 from yolodet.optimize import (  # noqa: E402
     FrozenConv,
     InferenceModel,
@@ -55,8 +59,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess", nargs="+", default=["darknet-letterbox", "darknet-resize"])
     p.add_argument("--fast", default="half", help="precision compared with fp32 (default: half, the device's)")
     p.add_argument("--seeds", type=int, default=8, help="jittered rounds per precision (default: %(default)s)")
-    p.add_argument("--noise", type=float, default=2.0 ** -9,
-                   help="relative jitter of the inputs, and of the weights in the last table (default: 2**-9)")
+    p.add_argument("--noise", type=float, default=2.0 ** -9, help="relative jitter of the inputs (default: 2**-9)")
+    p.add_argument("--weight-noise", type=float, nargs="+", default=[2.0 ** -9, 2.0 ** -11, 2.0 ** -13],
+                   help="relative jitters of the weights in the last table (default: 2**-9 2**-11 2**-13)")
+    p.add_argument("--top", type=int, default=6, help="categories in the per-category table (default: 6)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, help="image-loading processes (default: as tools/eval_coco.py)")
     return p
@@ -76,14 +82,13 @@ class JitteredDetector(Detector):
         return super().infer(batch * (1 + self.noise * jitter), mappings, **kwargs)
 
 
-def run(args: argparse.Namespace, precision: str, preprocess: str, seed: int | None) -> tuple[float, float]:
+def run(args: argparse.Namespace, precision: str, preprocess: str, seed: int | None) -> EvalResult:
     kwargs = dict(preprocess=preprocess, device=args.device, precision=precision)
     if seed is None:
         detector = Detector.from_cfg(args.cfg, args.weights, **kwargs)
     else:
         detector = JitteredDetector.from_cfg(args.cfg, args.weights, noise=args.noise, seed=seed, **kwargs)
-    result = evaluate(detector, args.source, gt=args.gt, workers=args.workers, progress=False)
-    return result.ap, result.ap50
+    return evaluate(detector, args.source, gt=args.gt, workers=args.workers, progress=False)
 
 
 class PrebuiltDetector(Detector):
@@ -97,9 +102,10 @@ class PrebuiltDetector(Detector):
         return self.net
 
 
-def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | None) -> tuple[float, float]:
-    """fp32 AP with every BN-folded conv weight rounded to bf16 as the fast mode rounds it (``seed=None``), or
-    jittered by ``1 + noise * U(-1, 1)`` (``seed``: the jitter's random seed)."""
+def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | None = None,
+                        noise: float = 0.0) -> tuple[float, float]:
+    """fp32 (AP, AP50) with every BN-folded conv weight rounded to bf16 as the fast mode rounds it
+    (``seed=None``), or jittered by ``1 + noise * U(-1, 1)`` (``seed``: the jitter's random seed)."""
     model = load_model(args.cfg, args.weights)
     net = optimize_for_inference(model, device=args.device)
     g = None if seed is None else torch.Generator().manual_seed(seed)
@@ -110,10 +116,25 @@ def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | N
                 if g is None:
                     w.copy_(w.bfloat16().float())
                 else:
-                    w.mul_(1 + args.noise * (2 * torch.rand(w.shape, generator=g) - 1).to(w.device))
+                    w.mul_(1 + noise * (2 * torch.rand(w.shape, generator=g) - 1).to(w.device))
     detector = PrebuiltDetector(model, net, preprocess=preprocess, device=args.device)
     result = evaluate(detector, args.source, gt=args.gt, workers=args.workers, progress=False)
     return result.ap, result.ap50
+
+
+def category_shares(fp32: EvalResult, fast: EvalResult, top: int) -> list[str]:
+    """Markdown rows: the ``top`` categories whose AP change contributes most to ``fast.ap - fp32.ap``, then the
+    rest together (a category's share: its AP change over the number of categories with ground truth, which is how
+    COCOeval averages them)."""
+    rows = [(a, b) for a, b in zip(fp32.per_class, fast.per_class) if a.num_gt > 0 and not math.isnan(a.ap)]
+    n = len(rows)
+    rows.sort(key=lambda r: -abs(r[1].ap - r[0].ap))
+    preprocess = fp32.protocol.get("preprocess", "")
+    out = [f"| {preprocess} | {a.name} | {a.num_gt} | {a.ap:.4f} | {b.ap:.4f} | {(b.ap - a.ap) / n:+.4f} |"
+           for a, b in rows[:top]]
+    rest = sum(b.ap - a.ap for a, b in rows[top:]) / n
+    out.append(f"| {preprocess} | the other {n - top} | | | | {rest:+.4f} |")
+    return out
 
 
 def _mean_sd(values: Sequence[float]) -> str:
@@ -139,30 +160,44 @@ def main(args: argparse.Namespace) -> None:
     print("| preprocess | metric | fp32 | fast | fast - fp32 | fp32 jittered (mean ± sd) | fast jittered "
           "(mean ± sd) | paired fast - fp32 (mean ± s.e.) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    fp32_exact = {}  # preprocess -> (AP, AP50), shared by both tables
+    exact = {}  # (preprocess, precision) -> EvalResult, shared by the tables
     for preprocess in args.preprocess:
-        exact = {p: run(args, p, preprocess, None) for p in ("fp32", fast)}
-        fp32_exact[preprocess] = exact["fp32"]
+        for p in ("fp32", fast):
+            exact[preprocess, p] = run(args, p, preprocess, None)
         jittered = {p: [run(args, p, preprocess, seed) for seed in range(args.seeds)] for p in ("fp32", fast)}
-        for k, metric in enumerate(("AP", "AP50")):
-            a, b = exact["fp32"][k], exact[fast][k]
-            ja = [r[k] for r in jittered["fp32"]]
-            jb = [r[k] for r in jittered[fast]]
+        for metric in ("ap", "ap50"):
+            a, b = getattr(exact[preprocess, "fp32"], metric), getattr(exact[preprocess, fast], metric)
+            ja = [getattr(r, metric) for r in jittered["fp32"]]
+            jb = [getattr(r, metric) for r in jittered[fast]]
             diffs = [y - x for x, y in zip(ja, jb)]
             se = statistics.stdev(diffs) / len(diffs) ** 0.5
-            print(f"| {preprocess} | {metric} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {_mean_sd(ja)} | {_mean_sd(jb)} "
-                  f"| {statistics.mean(diffs):+.4f} ± {se:.4f} |", flush=True)
-    print(f"\n| preprocess | metric | fp32 | fp32, weights rounded to bf16 | fp32, weights jittered "
-          f"({args.seeds} seeds, mean ± sd) | min | max |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+            print(f"| {preprocess} | {metric.upper()} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {_mean_sd(ja)} | "
+                  f"{_mean_sd(jb)} | {statistics.mean(diffs):+.4f} ± {se:.4f} |", flush=True)
+
+    print(f"\nWhere fast - fp32 AP comes from: the {args.top} categories that move it most (a category's AP change "
+          "over the number of categories with ground truth; they add up to the total).\n")
+    print("| preprocess | category | objects | fp32 AP | fast AP | share of fast - fp32 AP |")
+    print("|---|---|---:|---:|---:|---:|")
     for preprocess in args.preprocess:
-        exact = fp32_exact[preprocess]
-        rounded = run_altered_weights(args, preprocess, None)
-        runs = [run_altered_weights(args, preprocess, seed) for seed in range(args.seeds)]
-        for k, metric in enumerate(("AP", "AP50")):
-            values = [r[k] for r in runs]
-            print(f"| {preprocess} | {metric} | {exact[k]:.4f} | {rounded[k]:.4f} | {_mean_sd(values)} | "
-                  f"{min(values):.4f} | {max(values):.4f} |", flush=True)
+        for row in category_shares(exact[preprocess, "fp32"], exact[preprocess, fast], args.top):
+            print(row, flush=True)
+
+    print("\n| preprocess | fp32 model | AP | AP - fp32 AP | AP50 | AP50 - fp32 AP50 |")
+    print("|---|---|---:|---:|---:|---:|")
+    for preprocess in args.preprocess:
+        ref = exact[preprocess, "fp32"]
+        print(f"| {preprocess} | official weights | {ref.ap:.4f} | | {ref.ap50:.4f} | |")
+        ap, ap50 = run_altered_weights(args, preprocess)
+        print(f"| {preprocess} | weights rounded to bf16 | {ap:.4f} | {ap - ref.ap:+.4f} | {ap50:.4f} | "
+              f"{ap50 - ref.ap50:+.4f} |", flush=True)
+        for noise in args.weight_noise:
+            runs = [run_altered_weights(args, preprocess, seed, noise) for seed in range(args.seeds)]
+            cells = []
+            for values, base in (([r[0] for r in runs], ref.ap), ([r[1] for r in runs], ref.ap50)):
+                cells += [f"{_mean_sd(values)} ({min(values):.4f} to {max(values):.4f})",
+                          f"{min(values) - base:+.4f} to {max(values) - base:+.4f}"]
+            print(f"| {preprocess} | weights x (1 + 2**{math.log2(noise):.0f} U(-1, 1)), {args.seeds} seeds | "
+                  + " | ".join(cells) + " |", flush=True)
     print(f"\n{time.perf_counter() - start:.0f} s")
 
 

@@ -11,16 +11,18 @@ products, all run by the BLAS:
 
 Why: on a 2-core AVX-512 EPYC, oneDNN's direct fp32 convolution already runs at the cores' peak, so only fewer
 multiplications make it faster. OpenCV DNN does the same for its 3x3 convolutions. Measured there (one layer
-alone, warm caches, one image, ms, direct oneDNN with fused leaky -> Winograd): 64->128 @52x52 1.74 -> 1.12, 128->256 @26 1.71 -> 1.07,
+alone, warm caches, one image, ms, direct oneDNN with fused leaky -> Winograd): 128->256 @26x26 1.71 -> 1.07,
 384->256 @26 5.04 -> 3.24, 128->256 @52 7.02 -> 4.05, 256->512 @26 6.69 -> 4.11; but 512->1024 @13 6.77 -> 8.03
-(a 13x13 map is only 16 tiles: the products are too thin) and 32->64 @104 1.79 -> 2.45 (few channels: the
-transforms dominate). :func:`winograd_pays` encodes where it wins. Inside a whole network the gain is smaller
-(the 4x larger transformed weights come from memory, not the caches): yolov3's 22 such layers at 416 take
-~5.4 instead of ~7.2 ms each.
+(a 13x13 map is only 16 tiles: the products are too thin), 32->64 @104 1.79 -> 2.45 (few channels: the
+transforms dominate), and 64-channel inputs anywhere between 0.7x and 1.4x from run to run.
+:func:`winograd_pays` encodes where it wins. Inside a whole network the gain is smaller (the 4x larger
+transformed weights come from memory, not the caches): yolov3's 22 such layers at 416 take ~5.4 instead of
+~7.2 ms each.
 
 Accuracy: the transforms add rounding; one layer's outputs stay within ~1e-5 relative of the exact convolution
-(direct: ~1e-6), well inside the 1e-4 that the optimised model promises. fp32 only: in bf16 the same transforms
-would lose about three significant bits more than the direct convolution does.
+(direct: ~1e-6), well inside the 1e-4 that the optimised model promises. fp32 only: the transforms amplify
+rounding (entries up to 5 and 8), which bf16's 8 significant bits cannot spare; reduced precisions keep the
+direct convolution.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = ["TILE", "winograd_conv3x3", "winograd_pays", "winograd_weights"]
 
 TILE = 4  # output tile side m of F(m x m, 3 x 3); input tiles are m + 2 = 6 wide
 
-# F(4, 3) with the points 0, 1, -1, 2, -2, inf (exact in binary except G's thirds and sixths).
+# F(4, 3) with the points 0, 1, -1, 2, -2, inf (exact in binary except G's 1/6, 1/12 and 1/24).
 _BT = ((4, 0, -5, 0, 1, 0),
        (0, -4, -4, 1, 1, 0),
        (0, 4, -4, -1, 1, 0),
