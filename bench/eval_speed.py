@@ -32,15 +32,11 @@ from yolodet.data.loader import InferenceDataset, default_decoder, default_worke
 from yolodet.detector import Detector  # noqa: E402
 from yolodet.evaluation import category_mapping, coco_evaluate, detections_to_coco, evaluate  # noqa: E402
 from yolodet.postprocess import postprocess  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
+from coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", default=str(SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg"))
-    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov3-tiny.weights"))
-    p.add_argument("--annotations", default=str(SHARED / "data" / "coco128" / "annotations" / "instances.json"))
+    add_coco128_args(p)
     p.add_argument("--img-size", type=int, default=416)
     p.add_argument("--preprocess", default="darknet-resize")
     p.add_argument("--batch-size", type=int, default=8, help="both sides (OpenCV gets N-image blobs)")

@@ -47,15 +47,11 @@ from yolodet.optimize import (  # noqa: E402
     resolve_precision,
 )
 from yolodet.postprocess import Detections  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
+from coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg", default=str(SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg"))
-    p.add_argument("--weights", default=str(SHARED / "weights" / "yolov3-tiny.weights"))
-    p.add_argument("--annotations", default=str(SHARED / "data" / "coco128" / "annotations" / "instances.json"))
+    add_coco128_args(p)
     p.add_argument("--preprocess", nargs="+", default=["darknet-letterbox", "darknet-resize"])
     p.add_argument("--fast", default="half", help="precision compared with fp32 (default: half, the device's)")
     p.add_argument("--seeds", type=int, default=8, help="jittered rounds per precision (default: %(default)s)")
