@@ -128,8 +128,9 @@ def category_shares(fp32: EvalResult, fast: EvalResult, top: int) -> list[str]:
     preprocess = fp32.protocol.get("preprocess", "")
     out = [f"| {preprocess} | {a.name} | {a.num_gt} | {a.ap:.4f} | {b.ap:.4f} | {(b.ap - a.ap) / n:+.4f} |"
            for a, b in rows[:top]]
-    rest = sum(b.ap - a.ap for a, b in rows[top:]) / n
-    out.append(f"| {preprocess} | the other {n - top} | | | | {rest:+.4f} |")
+    if n > top:
+        rest = sum(b.ap - a.ap for a, b in rows[top:]) / n
+        out.append(f"| {preprocess} | the other {n - top} | | | | {rest:+.4f} |")
     return out
 
 
