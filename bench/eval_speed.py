@@ -32,7 +32,9 @@ from yolodet.data.loader import InferenceDataset, default_decoder, default_worke
 from yolodet.detector import Detector  # noqa: E402
 from yolodet.evaluation import category_mapping, coco_evaluate, detections_to_coco, evaluate  # noqa: E402
 from yolodet.postprocess import postprocess  # noqa: E402
+
 from _coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

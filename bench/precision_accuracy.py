@@ -47,7 +47,9 @@ from yolodet.optimize import (  # noqa: E402
     resolve_precision,
 )
 from yolodet.postprocess import Detections  # noqa: E402
+
 from _coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

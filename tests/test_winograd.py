@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SHARED, randomize
+from conftest import SHARED, need_shared, randomize
 from yolodet.model import Darknet
 from yolodet.optimize import FrozenConv, optimize_for_inference
 from yolodet.winograd import Winograd3x3, winograd_conv3x3, winograd_pays, winograd_weights
@@ -79,9 +79,7 @@ def test_frozen_conv_uses_it_in_fp32_on_cpu_only_where_it_pays() -> None:
 
 def test_yolov3_tiny_at_416_uses_it_and_stays_exact() -> None:
     """The input size where the bench runs: the 26x26 layers go through Winograd, outputs stay within 1e-4."""
-    cfg = SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg"
-    if not cfg.exists():
-        pytest.skip(f"{cfg} is not available (../shared is absent)")
+    cfg = need_shared(SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg")
     model = randomize(Darknet.from_cfg(cfg), seed=4).eval()
     x = torch.rand(1, 3, 416, 416, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

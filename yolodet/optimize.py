@@ -132,7 +132,7 @@ class FrozenConv(nn.Module):
 
     sources: tuple[int, ...] = ()
 
-    def __init__(self, block: ConvBlock) -> None:
+    def __init__(self, block: ConvBlock, *, winograd: bool = True) -> None:
         super().__init__()
         conv = block.conv
         weight, bias = _fold(conv, block.bn)
@@ -145,7 +145,7 @@ class FrozenConv(nn.Module):
         self._attr, self._scalars = fused if fused else ("none", [])
         self._act_after = fused is None or self._attr == "none"
         self._packed: dict[tuple, torch.Tensor] = {}  # input (C, H, W, dtype) -> oneDNN-layout weight
-        self.winograd = True  # F(4x4, 3x3) allowed (optimize_for_inference's switch)
+        self.winograd = winograd  # F(4x4, 3x3) allowed where it pays (fp32 on the CPU)
         self._winograd: Winograd3x3 | None = None  # built on the first input that pays (fp32 CPU, 3x3 s1 p1)
 
     def darknet_tensors(self) -> list[torch.Tensor]:
@@ -158,7 +158,7 @@ class FrozenConv(nn.Module):
 
     def _use_winograd(self, x: torch.Tensor) -> bool:
         """fp32 on the CPU, a 3x3 stride-1 'same' convolution of a shape where F(4x4, 3x3) is faster."""
-        return (self.winograd and x.dtype == torch.float32 and x.device.type == "cpu"
+        return (self.winograd and x.dtype == self.weight.dtype == torch.float32 and x.device.type == "cpu"
                 and self.weight.shape[-2:] == (3, 3)
                 and self.stride == (1, 1) and self.padding == (1, 1) and self.dilation == (1, 1)
                 and self.groups == 1 and winograd_pays(x.shape[1], self.weight.shape[0], *x.shape[-2:]))
@@ -239,18 +239,19 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, tor
     return weight, bias
 
 
-def fold_batchnorm(model: Darknet) -> Darknet:
+def fold_batchnorm(model: Darknet, *, winograd: bool = True) -> Darknet:
     """A copy of ``model`` (eval mode) whose ``[convolutional]`` layers are :class:`FrozenConv` (BN folded) and
     whose 2x2/2 ``[maxpool]`` layers are :class:`PairMaxPool`.
 
     ``model`` is not modified. The copy is for inference only: it cannot be trained or saved as ``.weights``.
+    ``winograd``: let its fp32 CPU 3x3 convolutions use F(4x4, 3x3) where that is faster.
     """
     convs = [i for i, layer in enumerate(model.layers) if isinstance(layer, ConvBlock)]
     pools = [i for i, layer in enumerate(model.layers) if isinstance(layer, MaxPool) and PairMaxPool.applies(layer)]
     # Those layers are replaced below: deepcopy's memo makes them None in the copy instead of copying their weights.
     folded = copy.deepcopy(model, {id(model.layers[i]): None for i in convs})
     for i in convs:
-        folded.layers[i] = FrozenConv(model.layers[i])
+        folded.layers[i] = FrozenConv(model.layers[i], winograd=winograd)
     for i in pools:
         folded.layers[i] = PairMaxPool(model.layers[i])
     return folded.eval().requires_grad_(False)
@@ -327,10 +328,7 @@ def optimize_for_inference(model: Darknet, *, precision: str = "fp32", device: s
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     with torch.no_grad():
-        net = fold_batchnorm(model).to(device=device, dtype=compute_dtype(precision))
-        for layer in net.layers:
-            if isinstance(layer, FrozenConv):
-                layer.winograd = winograd
+        net = fold_batchnorm(model, winograd=winograd).to(device=device, dtype=compute_dtype(precision))
         if channels_last:
             # Activations are what matters: oneDNN reorders the weights itself and cuDNN goes NHWC when the input
             # is. Converting conv weights too would cost start-up time for nothing; the torchvision modules of
