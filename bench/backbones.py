@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from yolodet.info import build_for_info, layer_table, total_flops, total_params
+from yolodet.modeling.info import build_for_info, layer_table, total_flops, total_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CFGS = ROOT.parent / "shared" / "data" / "darknet-cfg"
@@ -64,7 +64,7 @@ def time_forwards(model: torch.nn.Module, x: torch.Tensor, runs: int) -> list[fl
 
 
 def backbone_of(model: torch.nn.Module) -> str:
-    from yolodet.blocks.backbone import BackboneBlock
+    from yolodet.modeling.blocks.backbone import BackboneBlock
 
     names = [layer.spec.name for layer in model.layers if isinstance(layer, BackboneBlock)]
     return ", ".join(names) or "Darknet layers"

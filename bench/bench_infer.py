@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-from yolodet.openmp import set_openmp_defaults
+from yolodet.cli.openmp import set_openmp_defaults
 
 set_openmp_defaults()  # as tools/detect.py does; must precede `import torch`
 
@@ -41,10 +41,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from yolodet.blocks.conv import ConvBlock  # noqa: E402
-from yolodet.model import Darknet  # noqa: E402
-from yolodet.optimize import cpu_has_native_bf16, optimize_for_inference, resolve_precision  # noqa: E402
-from yolodet.weights import load_darknet_weights, save_darknet_weights  # noqa: E402
+from yolodet.modeling.blocks.conv import ConvBlock  # noqa: E402
+from yolodet.modeling.model import Darknet  # noqa: E402
+from yolodet.inference.optimize import cpu_has_native_bf16, optimize_for_inference, resolve_precision  # noqa: E402
+from yolodet.modeling.weights import load_darknet_weights, save_darknet_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = {"yolo-v3-tiny": ROOT.parent / "shared" / "weights" / "yolov3-tiny.weights"}

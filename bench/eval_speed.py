@@ -13,7 +13,7 @@ Not a test. Usage: ``python bench/eval_speed.py [--preprocess darknet-letterbox]
 
 from __future__ import annotations
 
-from yolodet.openmp import set_openmp_defaults
+from yolodet.cli.openmp import set_openmp_defaults
 
 set_openmp_defaults()  # as tools/eval_coco.py does; must precede `import torch`
 
@@ -28,10 +28,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from yolodet.data import read_coco  # noqa: E402
-from yolodet.data.loader import InferenceDataset, default_decoder, default_workers  # noqa: E402
-from yolodet.detector import Detector  # noqa: E402
+from yolodet.inference.loader import InferenceDataset, default_workers  # noqa: E402
+from yolodet.data.images import default_decoder
+from yolodet.inference.detector import Detector  # noqa: E402
 from yolodet.evaluation import category_mapping, coco_evaluate, detections_to_coco, evaluate  # noqa: E402
-from yolodet.postprocess import postprocess  # noqa: E402
+from yolodet.inference.postprocess import postprocess  # noqa: E402
 
 from _coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from yolodet.cfg_tools import finetune_cfg
-from yolodet.checkpoint import load_checkpoint, load_model
+from yolodet.cfg.edit import finetune_cfg
+from yolodet.modeling.checkpoint import load_checkpoint, load_model
 from yolodet.data import load_dataset
 from yolodet.evaluation import evaluate
-from yolodet.model import Darknet
-from yolodet.transfer import init_head_priors, load_pretrained
+from yolodet.modeling.model import Darknet
+from yolodet.training.transfer import init_head_priors, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

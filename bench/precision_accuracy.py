@@ -19,7 +19,7 @@ Not a test. Usage: ``python bench/precision_accuracy.py [--seeds 8] [--preproces
 
 from __future__ import annotations
 
-from yolodet.openmp import set_openmp_defaults
+from yolodet.cli.openmp import set_openmp_defaults
 
 set_openmp_defaults()  # as the tools do; must precede `import torch`
 
@@ -34,19 +34,19 @@ from typing import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-from yolodet.checkpoint import load_model  # noqa: E402
+from yolodet.modeling.checkpoint import load_model  # noqa: E402
 from yolodet.data import read_coco  # noqa: E402
-from yolodet.data.loader import default_workers  # noqa: E402
-from yolodet.detector import Detector  # noqa: E402
+from yolodet.inference.loader import default_workers  # noqa: E402
+from yolodet.inference.detector import Detector  # noqa: E402
 from yolodet.evaluation import EvalResult, evaluate  # noqa: E402
-from yolodet.optimize import (  # noqa: E402
+from yolodet.inference.optimize import (
     FrozenConv,
     InferenceModel,
     fast_precision,
     optimize_for_inference,
     resolve_precision,
 )
-from yolodet.postprocess import Detections  # noqa: E402
+from yolodet.inference.postprocess import Detections  # noqa: E402
 
 from _coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
 

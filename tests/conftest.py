@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolodet.blocks.conv import ConnectedBlock, ConvBlock
+from yolodet.modeling.blocks.conv import ConnectedBlock, ConvBlock
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

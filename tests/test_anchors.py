@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, REFERENCE_CFGS, SHARED, need_shared
-from yolodet.anchors import box_sizes, kmeans_anchors, mean_best_iou, wh_iou
+from yolodet.training.anchors import box_sizes, kmeans_anchors, mean_best_iou, wh_iou
 from yolodet.cfg import CfgError, parse_cfg_text
-from yolodet.cfg_tools import finetune_cfg, format_anchors, set_classes
+from yolodet.cfg.edit import finetune_cfg, format_anchors, set_classes
 from yolodet.data.sample import DatasetSource, Sample
-from yolodet.model import Darknet
+from yolodet.modeling.model import Darknet
 
 
 def test_wh_iou_hand_computed() -> None:

@@ -14,15 +14,17 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from conftest import FIXTURES, ROOT
-from yolodet.backbones import BACKBONES, BackboneWeightsError, get_backbone, has_backbone, load_backbone_weights
-from yolodet.blocks.backbone import BackboneBlock, StageBlock
+from yolodet.modeling.backbones import BACKBONES, get_backbone
+from yolodet.training.pretrained import BackboneWeightsError, load_backbone_weights
+from yolodet.modeling.blocks.backbone import has_backbone
+from yolodet.modeling.blocks.backbone import BackboneBlock, StageBlock
 from yolodet.cfg import CfgError
-from yolodet.checkpoint import load_model, save_checkpoint
-from yolodet.detector import Detector
-from yolodet.loss import YoloLoss
-from yolodet.model import Darknet
-from yolodet.preprocess import read_image
-from yolodet.weights import WeightsError, save_darknet_weights
+from yolodet.modeling.checkpoint import load_model, save_checkpoint
+from yolodet.inference.detector import Detector
+from yolodet.training.loss import YoloLoss
+from yolodet.modeling.model import Darknet
+from yolodet.data.images import read_image
+from yolodet.modeling.weights import WeightsError, save_darknet_weights
 
 SHIPPED = {  # cfg -> head grids at 416 (stride 32 first, as the [yolo] sections come)
     "yolo-v3-resnet50.cfg": (13, 26, 52),

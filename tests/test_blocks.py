@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import FIXTURES, REFERENCE_CFGS, randomize
-from yolodet.blocks.conv import ACTIVATIONS
+from yolodet.modeling.blocks.conv import ACTIVATIONS
 from yolodet.cfg import parse_cfg_text
-from yolodet.model import Darknet
+from yolodet.modeling.model import Darknet
 
 IDENTITY = "[maxpool]\nsize=1\nstride=1\n"
 

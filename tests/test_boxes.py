@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from yolodet.boxes import clip_xyxy, cxcywh_to_xyxy, xyxy_to_cxcywh, xyxy_to_xywh
+from yolodet.inference.boxes import clip_xyxy, cxcywh_to_xyxy, xyxy_to_cxcywh, xyxy_to_xywh
 
 XYXY = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 1.0, 1.0]])
 CXCYWH = torch.tensor([[20.0, 40.0, 20.0, 40.0], [0.5, 0.5, 1.0, 1.0]])

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES, REFERENCE_CFGS
-from yolodet.blocks.structural import Route, Shortcut
+from yolodet.modeling.blocks.structural import Route, Shortcut
 from yolodet.cfg import CfgError, parse_cfg, parse_cfg_text
-from yolodet.model import Darknet
-from yolodet.registry import BLOCKS
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.registry import BLOCKS
 
 # A small valid cfg whose line numbers the targeted tests below rely on (1-based, shown on the right).
 BASE = """\
@@ -179,11 +179,23 @@ def test_duplicate_key_first_wins(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_net_training_keys_are_tolerated() -> None:
     text = _insert_line(BASE, 2, "some_future_training_key=whatever")
-    text = _insert_line(text, 2, "momentum=not-a-number")
     text = _insert_line(text, 2, "steps=400000,450000")
     model = Darknet.from_cfg_text(text)
     assert model.net.options["some_future_training_key"] == "whatever"
     assert (model.net.width, model.net.height, model.net.channels) == (32, 32, 3)
+    assert model.net.steps == (400000, 450000) and model.net.scales == (1.0, 1.0)
+
+
+def test_net_is_parsed_once_with_darknet_numbers(caplog) -> None:
+    """``letter_box=0.0`` is off (atoi reads 0) for every consumer; a typed value that is not a number is an
+    error at its line, even for a training key."""
+    model = Darknet.from_cfg_text(_insert_line(BASE, 2, "letter_box=0.0"))
+    assert model.net.letter_box is False
+    with caplog.at_level(logging.WARNING):
+        model = Darknet.from_cfg_text(_insert_line(BASE, 2, "letter_box=1#on"))
+    assert model.net.letter_box is True and "'1#on' is read as 1" in caplog.text
+    err = _build_error(_insert_line(BASE, 2, "momentum=not-a-number"))
+    _assert_at(err, 2, "net", "momentum")
 
 
 def test_net_defaults_and_sizes() -> None:
@@ -209,23 +221,33 @@ def test_parse_cfg_reads_file(tmp_path: Path) -> None:
 # -- every error names file:line, section and key --------------------------------------------------------------
 def test_error_message_format() -> None:
     err = _build_error(_set_line(BASE, 6, "filters=abc"))
-    assert str(err) == "t.cfg:6: [convolutional #0] filters: expected an integer, got 'abc'"
+    assert str(err) == ("t.cfg:6: [convolutional #0] filters: expected an integer, got 'abc' (Darknet's atoi "
+                        "would silently read 0)")
     _assert_at(err, 6, "convolutional #0", "filters")
 
 
 @pytest.mark.parametrize("value, message", [
     ("abc", "expected an integer, got 'abc'"),
-    ("1.5", "expected an integer, got '1.5'"),
     ("-3", "must be >= 1, got -3"),
     ("0", "must be >= 1, got 0"),
-    ("1e9", "more than the limit"),
-    ("1e400", "expected an integer"),
+    ("1000000000", "more than the limit"),
     ("nan", "expected an integer"),
+    ("#16", "expected an integer"),
 ])
 def test_bad_filters_value(value: str, message: str) -> None:
     err = _build_error(_set_line(BASE, 6, f"filters={value}"))
     _assert_at(err, 6, "convolutional #0", "filters")
     assert message in str(err)
+
+
+@pytest.mark.parametrize("value, read", [("40#32", 40), ("1.5", 1), ("1e9", 1), ("16.0", 16)])
+def test_integers_are_read_as_darknet_atoi(value: str, read: int, caplog) -> None:
+    """Darknet reads the longest integer prefix (``filters=40#32`` is 40); yolodet does the same and warns at the
+    line when that differs from the text (not for ``16.0``, which means what atoi reads)."""
+    with caplog.at_level(logging.WARNING):
+        model = Darknet.from_cfg_text(_set_line(BASE, 6, f"filters={value}"))
+    assert model.layers[0].out_shape[0] == read
+    assert (f"<cfg>:6: [convolutional] filters: {value!r} is read as {read}" in caplog.text) == (value != "16.0")
 
 
 def test_empty_value() -> None:
@@ -236,15 +258,15 @@ def test_empty_value() -> None:
 
 @pytest.mark.parametrize("lineno, new, section, key", [
     (2, "width=abc", "net", "width"),
-    (7, "size=1e9", "convolutional #0", "size"),
+    (7, "size=1000000000", "convolutional #0", "size"),
     (8, "stride=0", "convolutional #0", "stride"),
-    (9, "pad=1.5", "convolutional #0", "pad"),
+    (9, "pad=x", "convolutional #0", "pad"),
     (10, "activation=leakyy", "convolutional #0", "activation"),
     (13, "stride=-3", "maxpool #1", "stride"),
     (23, "mask=0,1,7", "yolo #5", "mask"),
     (24, "anchors=10,14,23", "yolo #5", "anchors"),
     (24, "anchors=10,,14", "yolo #5", "anchors"),
-    (26, "num=1e9", "yolo #5", "num"),
+    (26, "num=1000000000", "yolo #5", "num"),
 ])
 def test_bad_values_are_located(lineno: int, new: str, section: str, key: str) -> None:
     _assert_at(_build_error(_set_line(BASE, lineno, new)), lineno, section, key)

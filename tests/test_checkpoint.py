@@ -7,9 +7,9 @@ import torch
 
 from conftest import FIXTURES, randomize
 from yolodet.cfg import CfgError
-from yolodet.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from yolodet.model import Darknet
-from yolodet.weights import WeightsError, save_darknet_weights
+from yolodet.modeling.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.weights import WeightsError, save_darknet_weights
 
 
 def test_checkpoint_and_weights_load_the_same_model(tmp_path) -> None:

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from yolodet.cli import add_precision_options, add_threads_option, threads_problem
-from yolodet.optimize import resolve_precision
+from yolodet.cli.options import add_precision_options, add_threads_option, threads_problem
+from yolodet.inference.optimize import resolve_precision
 
 
 def _parser() -> argparse.ArgumentParser:

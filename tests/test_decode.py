@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from yolodet.blocks.yolo import HeadSpec
-from yolodet.decode import YoloDecoder
+from yolodet.modeling.blocks.yolo import HeadSpec
+from yolodet.inference.decode import YoloDecoder
 
 
 def _head(**kw) -> HeadSpec:

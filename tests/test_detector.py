@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import COCO128, FIXTURES, OFFICIAL_TINY, SHARED, need_shared, randomize
-from yolodet.detector import Detector
-from yolodet.model import Darknet
-from yolodet.preprocess import preprocess, read_image
+from yolodet.inference.detector import Detector
+from yolodet.modeling.model import Darknet
+from yolodet.inference.preprocess import preprocess
+from yolodet.data.images import read_image
 
 TINY_CFG = SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg"
 

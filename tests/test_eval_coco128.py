@@ -23,8 +23,8 @@ import pytest
 
 from conftest import COCO128, OFFICIAL_TINY, SHARED, need_shared
 from yolodet.data import read_coco
-from yolodet.data.loader import stb_available
-from yolodet.detector import Detector
+from yolodet.data.images import stb_available
+from yolodet.inference.detector import Detector
 from yolodet.evaluation import evaluate
 
 TOL = 0.003

@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from conftest import FIXTURES, ROOT, randomize
-from yolodet.checkpoint import save_checkpoint
+from yolodet.modeling.checkpoint import save_checkpoint
 from yolodet.data import read_coco
-from yolodet.data.loader import InferenceDataset, collate_inference, read_image_stb, stb_available
-from yolodet.detector import Detector
+from yolodet.inference.loader import InferenceDataset, collate_inference
+from yolodet.data.images import read_image_stb, stb_available
+from yolodet.inference.detector import Detector
 from yolodet.evaluation import (
     COCO80_TO_91,
     STAT_NAMES,
@@ -31,10 +32,10 @@ from yolodet.evaluation import (
     evaluate,
     per_class_ap,
 )
-from yolodet.model import Darknet
-from yolodet.optimize import fast_precision
-from yolodet.postprocess import Detections
-from yolodet.preprocess import ImageReadError, read_image
+from yolodet.modeling.model import Darknet
+from yolodet.inference.optimize import fast_precision
+from yolodet.inference.postprocess import Detections
+from yolodet.data.images import ImageReadError, read_image
 
 TINY_CFG = FIXTURES / "tiny.cfg"
 DECODERS = ["opencv", pytest.param("stb", marks=pytest.mark.skipif(not stb_available(), reason="not built"))]

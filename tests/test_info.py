@@ -10,8 +10,8 @@ import torch
 import torchvision
 
 from conftest import REFERENCE_CFGS, ROOT
-from yolodet.info import build_for_info, format_table, layer_table, total_flops, total_params
-from yolodet.model import Darknet
+from yolodet.modeling.info import build_for_info, format_table, layer_table, total_flops, total_params
+from yolodet.modeling.model import Darknet
 
 OWN_CFGS = sorted((ROOT / "cfg").glob("*.cfg"))
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from yolodet.blocks.yolo import HeadSpec
-from yolodet.loss import YoloLoss
-from yolodet.model import Darknet
+from yolodet.modeling.blocks.yolo import HeadSpec
+from yolodet.training.loss import YoloLoss
+from yolodet.modeling.model import Darknet
 
 NET = (64, 64)
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import FIXTURES, REFERENCE_CFGS, randomize
-from yolodet.blocks.structural import Shortcut, Softmax
+from yolodet.modeling.blocks.structural import Shortcut, Softmax
 from yolodet.cfg import parse_cfg_text
-from yolodet.model import Darknet
-from yolodet.weights import save_darknet_weights
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.weights import save_darknet_weights
 
 CFGS = [FIXTURES / "tiny.cfg", *REFERENCE_CFGS]
 

@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 
-from yolodet.openmp import OPENMP_DEFAULTS, set_openmp_defaults
+from yolodet.cli.openmp import OPENMP_DEFAULTS, set_openmp_defaults
 
-PROBE = ("import os; from yolodet.openmp import set_openmp_defaults; ok = set_openmp_defaults(); "
+PROBE = ("import os; from yolodet.cli.openmp import set_openmp_defaults; ok = set_openmp_defaults(); "
          "print(ok, os.environ['OMP_WAIT_POLICY'], os.environ['GOMP_SPINCOUNT'])")
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import FIXTURES, REFERENCE_CFGS, ROOT, randomize
-from yolodet.blocks.structural import MaxPool
-from yolodet.detector import Detector
-from yolodet.model import Darknet
-from yolodet.optimize import (
+from yolodet.modeling.blocks.structural import MaxPool
+from yolodet.inference.detector import Detector
+from yolodet.modeling.model import Darknet
+from yolodet.inference.optimize import (
     FrozenConv,
     InferenceModel,
     PairMaxPool,
@@ -26,7 +26,7 @@ from yolodet.optimize import (
     resolve_precision,
     weights_version,
 )
-from yolodet.weights import save_darknet_weights
+from yolodet.modeling.weights import save_darknet_weights
 
 CFGS = [FIXTURES / "tiny.cfg", *REFERENCE_CFGS]
 ACTIVATIONS = ("leaky", "relu", "relu6", "logistic", "swish", "tanh", "mish", "elu", "selu", "linear")

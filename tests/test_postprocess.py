@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from yolodet.postprocess import postprocess
-from yolodet.preprocess import Mapping
+from yolodet.inference.postprocess import postprocess
+from yolodet.inference.preprocess import Mapping
 
 
 def _row(cx, cy, w, h, obj, *cls):

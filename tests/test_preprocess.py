@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from yolodet.preprocess import (
+from yolodet.inference.preprocess import (
     PREPROCESS_MODES,
-    ImageReadError,
     Mapping,
     darknet_letterbox_shape,
     darknet_resize,
     preprocess,
-    read_image,
 )
+from yolodet.data.images import ImageReadError, read_image
 
 F = np.float32
 

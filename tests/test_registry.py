@@ -9,8 +9,8 @@ import torch
 
 from conftest import FIXTURES, REFERENCE_CFGS, ROOT
 from yolodet.cfg import CfgError, parse_cfg_text
-from yolodet.model import Darknet
-from yolodet.registry import BLOCKS, Registry
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.registry import BLOCKS, Registry
 
 # Block types that tiny.cfg lacks, so that every type is built even when ../shared is absent.
 SNIPPETS = {

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import REFERENCE_CFGS, need_shared
-from yolodet.model import Darknet
-from yolodet.schedule import LrSchedule, get_lr
+from yolodet.cfg import parse_cfg_text
+from yolodet.cfg.net import NetConfig
+from yolodet.modeling.model import Darknet
+from yolodet.training.schedule import LrSchedule, get_lr
 
 
 def test_burn_in_is_a_fourth_power_ramp_from_zero() -> None:
@@ -30,17 +32,21 @@ def test_other_policies() -> None:
     assert LrSchedule(learning_rate=0.1, policy="exp", gamma=0.5, max_batches=10)(3) == pytest.approx(0.0125)
 
 
+def _net(text: str) -> NetConfig:
+    return NetConfig.from_block(parse_cfg_text("[net]\n" + text)[0])
+
+
 def test_reads_net_options_as_darknet() -> None:
-    s = LrSchedule.from_net_options({"learning_rate": "0.001", "burn_in": "1000", "max_batches": "500200",
-                                     "policy": "steps", "steps": "400000,450000", "scales": ".1,.1"})
+    s = LrSchedule.from_net(_net("learning_rate=0.001\nburn_in=1000\nmax_batches = 500200\npolicy=steps\n"
+                                 "steps=400000,450000\nscales=.1,.1"))
     assert (s.learning_rate, s.burn_in, s.max_batches, s.steps, s.scales) == (0.001, 1000, 500200,
                                                                              (400000, 450000), (0.1, 0.1))
-    assert LrSchedule.from_net_options({"steps": "10,20", "scales": ".1"}).scales == (0.1, 1.0)  # missing: 1
+    assert LrSchedule.from_net(_net("steps=10,20\nscales=.1")).scales == (0.1, 1.0)  # missing: 1
 
 
 @pytest.mark.parametrize("cfg", REFERENCE_CFGS, ids=[p.stem for p in REFERENCE_CFGS])
 def test_every_reference_cfg_has_a_readable_schedule(cfg) -> None:
-    schedule = LrSchedule.from_net_options(Darknet.from_cfg(need_shared(cfg)).net.options)
+    schedule = LrSchedule.from_net(Darknet.from_cfg(need_shared(cfg)).net)
     assert schedule(schedule.max_batches - 1) >= 0
 
 

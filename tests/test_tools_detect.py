@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import FIXTURES, OFFICIAL_TINY, ROOT, need_shared, randomize
-from yolodet.model import Darknet
-from yolodet.weights import save_darknet_weights
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.weights import save_darknet_weights
 
 DETECT = ROOT / "tools" / "detect.py"
 SAMPLE = ROOT / "yolodet" / "assets" / "zebras.jpg"

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from conftest import FIXTURES, ROOT, randomize
-from yolodet.cfg_tools import set_classes
-from yolodet.checkpoint import CheckpointError, load_checkpoint, load_model
-from yolodet.model import Darknet
-from yolodet.weights import save_darknet_weights
+from yolodet.cfg.edit import set_classes
+from yolodet.modeling.checkpoint import CheckpointError, load_checkpoint, load_model
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.weights import save_darknet_weights
 
 CFG = FIXTURES / "overfit.cfg"  # 64x64, 2 classes, 2 heads
 TRAIN = ROOT / "tools" / "train.py"

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import FIXTURES, OFFICIAL_TINY, SHARED, need_shared, randomize
-from yolodet.cfg_tools import set_classes
-from yolodet.checkpoint import save_checkpoint
-from yolodet.engine import build_optimizer
-from yolodet.model import Darknet
-from yolodet.transfer import freeze_layers, load_pretrained, set_train_mode
-from yolodet.weights import WeightsError, save_darknet_weights
+from yolodet.cfg.edit import set_classes
+from yolodet.modeling.checkpoint import save_checkpoint
+from yolodet.training.engine import build_optimizer
+from yolodet.modeling.model import Darknet
+from yolodet.training.transfer import freeze_layers, load_pretrained, set_train_mode
+from yolodet.modeling.weights import WeightsError, save_darknet_weights
 
 CFG = FIXTURES / "overfit.cfg"  # 2 classes, heads at layers 10 and 14 (convs 9 and 13)
 

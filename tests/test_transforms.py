@@ -11,6 +11,8 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
+from yolodet.cfg import parse_cfg_text
+from yolodet.cfg.net import NetConfig
 from yolodet.data.sample import DatasetSource, Sample
 from yolodet.data.train_dataset import TrainBatchSampler, TrainDataset, collate_train, multiscale_size
 from yolodet.data.transforms import AugmentConfig, DarknetJitter, RandomHSV, build_transform
@@ -81,11 +83,11 @@ def test_hsv_follows_darknet() -> None:
 
 
 def test_augment_config_reads_the_cfg() -> None:
-    aug = AugmentConfig.from_model({"hue": ".1", "saturation": "1.5", "exposure": "1.5", "mosaic": "1"}, 0.3,
-                                   mosaic=None, jitter=None)
+    net = NetConfig.from_block(parse_cfg_text("[net]\nhue=.1\nsaturation=1.5\nexposure=1.5\nmosaic=1")[0])
+    aug = AugmentConfig.from_net(net, 0.3, mosaic=None, jitter=None)
     assert (aug.jitter, aug.hue, aug.saturation, aug.exposure, aug.flip, aug.mosaic) == (0.3, 0.1, 1.5, 1.5, True,
                                                                                           True)
-    assert not AugmentConfig.from_model({"mosaic": "1"}, 0.3, mosaic=False).mosaic
+    assert not AugmentConfig.from_net(net, 0.3, mosaic=False).mosaic
 
 
 def test_sampler_order_sizes_and_resume() -> None:

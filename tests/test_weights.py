@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import FIXTURES, OFFICIAL_TINY, SHARED, need_shared, randomize
-from yolodet.blocks.conv import ConnectedBlock, ConvBlock
-from yolodet.model import Darknet
-from yolodet.weights import (
+from yolodet.modeling.blocks.conv import ConnectedBlock, ConvBlock
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.weights import (
     WeightsError,
     WeightsHeader,
     load_darknet_weights,

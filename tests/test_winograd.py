@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SHARED, need_shared, randomize
-from yolodet.model import Darknet
-from yolodet.optimize import FrozenConv, optimize_for_inference
-from yolodet.winograd import Winograd3x3, winograd_conv3x3, winograd_pays, winograd_weights
+from yolodet.modeling.model import Darknet
+from yolodet.inference.optimize import FrozenConv, optimize_for_inference
+from yolodet.inference.winograd import Winograd3x3, winograd_conv3x3, winograd_pays, winograd_weights
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -10,8 +10,8 @@ import argparse
 import logging
 import sys
 
-from yolodet.anchors import box_sizes, kmeans_anchors
-from yolodet.cfg_tools import format_anchors
+from yolodet.training.anchors import box_sizes, kmeans_anchors
+from yolodet.cfg.edit import format_anchors
 from yolodet.data import DatasetError, load_dataset
 
 log = logging.getLogger("yolodet.calc_anchors")

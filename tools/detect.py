@@ -4,7 +4,7 @@ a JSON of detections and (optionally) Darknet-style txt labels."""
 
 from __future__ import annotations
 
-from yolodet.openmp import set_openmp_defaults
+from yolodet.cli.openmp import set_openmp_defaults
 
 # Idle OpenMP threads spin briefly, then sleep (see yolodet.openmp); must precede `import torch`.
 set_openmp_defaults()
@@ -22,28 +22,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from yolodet.cfg import CfgError  # noqa: E402
-from yolodet.checkpoint import CheckpointError, is_checkpoint  # noqa: E402
-from yolodet.cli import add_precision_options, add_threads_option, threads_problem  # noqa: E402
-from yolodet.data.loader import (  # noqa: E402
-    IMAGE_DECODERS,
-    InferenceDataset,
-    default_workers,
-    inference_loader,
-)
-from yolodet.detector import Detector  # noqa: E402
-from yolodet.draw import draw_detections  # noqa: E402
-from yolodet.fetch import FetchError, ensure_weights  # noqa: E402
-from yolodet.media import (  # noqa: E402
-    SAMPLE_IMAGE,
-    MediaInput,
-    atomic_write_bytes,
-    expand_sources,
-    iter_video_frames,
-    write_image,
-)
-from yolodet.postprocess import Detections  # noqa: E402
-from yolodet.preprocess import PREPROCESS_MODES  # noqa: E402
-from yolodet.weights import WeightsError  # noqa: E402
+from yolodet.modeling.checkpoint import CheckpointError, is_checkpoint  # noqa: E402
+from yolodet.cli.options import add_precision_options, add_threads_option, threads_problem  # noqa: E402
+from yolodet.data.images import IMAGE_DECODERS
+from yolodet.inference.loader import InferenceDataset, default_workers, inference_loader
+from yolodet.inference.detector import Detector  # noqa: E402
+from yolodet.inference.draw import draw_detections  # noqa: E402
+from yolodet.cli.fetch import FetchError, ensure_weights  # noqa: E402
+from yolodet.inference.sources import SAMPLE_IMAGE, MediaInput, expand_sources, iter_video_frames, write_image
+from yolodet.atomic import atomic_write_bytes
+from yolodet.inference.postprocess import Detections  # noqa: E402
+from yolodet.inference.preprocess import PREPROCESS_MODES  # noqa: E402
+from yolodet.modeling.weights import WeightsError  # noqa: E402
 
 log = logging.getLogger("yolodet.detect")
 ROOT = Path(__file__).resolve().parents[1]

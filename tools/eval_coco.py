@@ -20,7 +20,7 @@ The last line printed is machine-readable: ``AP=0.1504 AP50=0.2826``. Exit codes
 
 from __future__ import annotations
 
-from yolodet.openmp import set_openmp_defaults
+from yolodet.cli.openmp import set_openmp_defaults
 
 # Idle OpenMP threads spin briefly, then sleep (see yolodet.openmp); must precede `import torch`.
 set_openmp_defaults()
@@ -38,15 +38,16 @@ import torch  # noqa: E402
 
 from yolodet.atomic import atomic_write_bytes  # noqa: E402
 from yolodet.cfg import CfgError  # noqa: E402
-from yolodet.checkpoint import CheckpointError  # noqa: E402
-from yolodet.cli import add_precision_options, add_threads_option, threads_problem  # noqa: E402
+from yolodet.modeling.checkpoint import CheckpointError  # noqa: E402
+from yolodet.cli.options import add_precision_options, add_threads_option, threads_problem  # noqa: E402
 from yolodet.data import DatasetError, read_coco, read_darknet_data  # noqa: E402
-from yolodet.data.loader import IMAGE_DECODERS, default_workers  # noqa: E402
-from yolodet.detector import Detector  # noqa: E402
+from yolodet.data.images import IMAGE_DECODERS  # noqa: E402
+from yolodet.inference.loader import default_workers
+from yolodet.inference.detector import Detector  # noqa: E402
 from yolodet.evaluation import EvalResult, evaluate, pr_curve_figure  # noqa: E402
-from yolodet.fetch import FetchError, ensure_weights  # noqa: E402
-from yolodet.preprocess import PREPROCESS_MODES  # noqa: E402
-from yolodet.weights import WeightsError  # noqa: E402
+from yolodet.cli.fetch import FetchError, ensure_weights  # noqa: E402
+from yolodet.inference.preprocess import PREPROCESS_MODES  # noqa: E402
+from yolodet.modeling.weights import WeightsError  # noqa: E402
 
 log = logging.getLogger("eval_coco")
 

@@ -13,11 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from yolodet.anchors import box_sizes, kmeans_anchors
+from yolodet.training.anchors import box_sizes, kmeans_anchors
 from yolodet.cfg import CfgError, parse_cfg_text
-from yolodet.cfg_tools import finetune_cfg, format_anchors
+from yolodet.cfg.edit import finetune_cfg, format_anchors
 from yolodet.data import DatasetError, load_dataset
-from yolodet.media import atomic_write_bytes
+from yolodet.atomic import atomic_write_bytes
 
 log = logging.getLogger("yolodet.make_cfg")
 

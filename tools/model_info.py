@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from yolodet.cfg import CfgError
-from yolodet.info import build_for_info, format_table, layer_table
+from yolodet.modeling.info import build_for_info, format_table, layer_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -29,21 +29,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from yolodet.backbones import has_backbone, load_backbone_weights
+from yolodet.modeling.blocks.backbone import has_backbone
+from yolodet.training.pretrained import load_backbone_weights
 from yolodet.cfg import CfgError
-from yolodet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from yolodet.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from yolodet.data import DatasetError, load_dataset
 from yolodet.data.train_dataset import TrainBatchSampler, TrainDataset, collate_train, worker_init
 from yolodet.data.transforms import AugmentConfig
-from yolodet.detector import default_preprocess, parse_size
-from yolodet.engine import RunState, build_optimizer, get_rng_state, set_rng_state, train_one_epoch
+from yolodet.inference.detector import default_preprocess, parse_size
+from yolodet.training.engine import RunState, build_optimizer, get_rng_state, set_rng_state, train_one_epoch
 from yolodet.evaluation import evaluate
-from yolodet.loss import LOSS_PARTS, YoloLoss
-from yolodet.media import atomic_write_bytes
-from yolodet.model import Darknet
-from yolodet.schedule import LrSchedule
-from yolodet.transfer import freeze_layers, init_head_priors, load_pretrained, set_train_mode
-from yolodet.weights import WeightsError, save_darknet_weights
+from yolodet.training.loss import LOSS_PARTS, YoloLoss
+from yolodet.atomic import atomic_write_bytes
+from yolodet.modeling.model import Darknet
+from yolodet.training.schedule import LrSchedule
+from yolodet.training.transfer import freeze_layers, init_head_priors, load_pretrained, set_train_mode
+from yolodet.modeling.weights import WeightsError, save_darknet_weights
 
 log = logging.getLogger("yolodet.train")
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
@@ -133,7 +134,7 @@ def _restore_args(args: argparse.Namespace) -> dict | None:
 
 
 def _schedule(args: argparse.Namespace, model: Darknet, steps_per_epoch: int) -> LrSchedule:
-    schedule = LrSchedule.from_net_options(model.net.options)
+    schedule = LrSchedule.from_net(model.net)
     if args.epochs:
         schedule = schedule.with_max_batches(args.epochs * steps_per_epoch)
     elif args.max_batches:
@@ -214,9 +215,9 @@ def _fit(args, model, train_src, val_src, ckpt) -> int:
     out = Path(args.output or "runs/train")
     out.mkdir(parents=True, exist_ok=True)
     darknet_format = not has_backbone(model)
-    net = model.net.options
-    batch = args.batch_size or int(net.get("batch", 1))
-    subdivisions = min(args.subdivisions or int(net.get("subdivisions", 1)), batch)
+    net = model.net
+    batch = args.batch_size or net.batch
+    subdivisions = min(args.subdivisions or net.subdivisions, batch)
     if batch % subdivisions:
         raise ValueError(f"batch {batch} is not a multiple of subdivisions {subdivisions}")
     size = parse_size(None if args.img_size is None else (args.img_size * 2)[:2], model)
@@ -224,7 +225,7 @@ def _fit(args, model, train_src, val_src, ckpt) -> int:
     multiscale = max(h.random for h in model.heads)  # Darknet: random=1 means a factor of 1.4
     if args.multi_scale is not None:
         multiscale = (multiscale or 1.0) if args.multi_scale else 0.0
-    aug = AugmentConfig.from_model(net, model.heads[0].jitter, jitter=args.jitter, mosaic=args.mosaic)
+    aug = AugmentConfig.from_net(net, model.heads[0].jitter, jitter=args.jitter, mosaic=args.mosaic)
     if args.no_augment:
         aug = AugmentConfig(letterbox=aug.letterbox)
     sampler = TrainBatchSampler(len(train_src.samples), batch // subdivisions, size=size, seed=args.seed,
@@ -235,8 +236,8 @@ def _fit(args, model, train_src, val_src, ckpt) -> int:
                         multiprocessing_context="spawn" if args.workers > 0 else None)  # see worker_init
     schedule = _schedule(args, model, sampler.steps_per_epoch)
     epochs = math.ceil(schedule.max_batches / sampler.steps_per_epoch)
-    momentum = args.momentum if args.momentum is not None else float(net.get("momentum", 0.9))
-    decay = args.decay if args.decay is not None else float(net.get("decay", 0.0005))
+    momentum = args.momentum if args.momentum is not None else net.momentum
+    decay = args.decay if args.decay is not None else net.decay
     channels_last = device.type == "cpu" if args.channels_last is None else args.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     frozen = freeze_layers(model, args.freeze)

@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as F
 
 from yolodet.data.sample import DatasetSource
 from yolodet.data.transforms import FILL, AugmentConfig, build_transform
-from yolodet.preprocess import ImageReadError, read_image
+from yolodet.data.images import ImageReadError, read_image
 
 log = logging.getLogger(__name__)
 

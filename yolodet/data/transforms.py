@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,6 +30,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from yolodet.cfg.net import NetConfig
 
 __all__ = ["AugmentConfig", "DarknetJitter", "RandomHSV", "build_transform", "rand_scale"]
 
@@ -48,7 +50,7 @@ def _uniform(lo: float, hi: float) -> float:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """What the cfg asks for (see :meth:`from_model`); all neutral by default (no augmentation).
+    """What the cfg asks for (see :meth:`from_net`); all neutral by default (no augmentation).
 
     Attributes:
         jitter: Darknet ``jitter`` (max share of each side moved), 0 = plain resize/letterbox.
@@ -68,18 +70,11 @@ class AugmentConfig:
     mosaic: bool = False
 
     @classmethod
-    def from_model(cls, net_options: Mapping[str, str], head_jitter: float, **overrides: Any) -> "AugmentConfig":
-        """Read ``[net]`` ``hue``/``saturation``/``exposure``/``flip``/``letter_box``/``mosaic`` and the heads'
+    def from_net(cls, net: NetConfig, head_jitter: float, **overrides: Any) -> "AugmentConfig":
+        """Take ``[net]``'s ``hue``/``saturation``/``exposure``/``flip``/``letter_box``/``mosaic`` and the heads'
         ``jitter``; ``overrides`` (not None) win."""
-        def num(key: str, default: float) -> float:
-            try:
-                return float(net_options.get(key, default))
-            except ValueError:
-                raise ValueError(f"[net] {key}={net_options[key]!r} is not a number") from None
-
-        values = dict(jitter=head_jitter, hue=num("hue", 0.0), saturation=num("saturation", 1.0),
-                      exposure=num("exposure", 1.0), flip=bool(num("flip", 1)),
-                      letterbox=bool(num("letter_box", 0)), mosaic=bool(num("mosaic", 0)))
+        values = dict(jitter=head_jitter, hue=net.hue, saturation=net.saturation, exposure=net.exposure,
+                      flip=net.flip, letterbox=net.letter_box, mosaic=net.mosaic)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not 0 <= values["jitter"] < 0.5:
             raise ValueError(f"jitter must be in [0, 0.5), got {values['jitter']}")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from yolodet.postprocess import Detections
+from yolodet.inference.postprocess import Detections
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from yolodet.data.loader import InferenceDataset, default_decoder, inference_loader
+from yolodet.inference.loader import InferenceDataset, inference_loader
+from yolodet.data.images import default_decoder
 from yolodet.data.sample import DatasetSource
 from yolodet.data.sources import to_coco_gt
-from yolodet.detector import Detector
+from yolodet.inference.detector import Detector
 from yolodet.evaluation.coco import (
     STAT_NAMES,
     ClassAP,
@@ -33,7 +34,7 @@ from yolodet.evaluation.coco import (
     detections_to_coco,
     per_class_ap,
 )
-from yolodet.model import Darknet
+from yolodet.modeling.model import Darknet
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yolodet.blocks.base import Block, BuildContext, Shape
-from yolodet.blocks.conv import make_activation
+from yolodet.modeling.blocks.base import Block, BuildContext, Shape
+from yolodet.modeling.blocks.conv import make_activation
 from yolodet.cfg import CfgBlock
-from yolodet.registry import BLOCKS
+from yolodet.modeling.registry import BLOCKS
 
 
 class MaxPool(Block):

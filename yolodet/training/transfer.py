@@ -24,11 +24,11 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from yolodet.blocks.conv import ConvBlock
-from yolodet.cfg_tools import set_classes
-from yolodet.checkpoint import is_checkpoint, load_checkpoint
-from yolodet.model import Darknet
-from yolodet.weights import WeightsError, load_darknet_weights, read_header
+from yolodet.modeling.blocks.conv import ConvBlock
+from yolodet.cfg.edit import set_classes
+from yolodet.modeling.checkpoint import is_checkpoint, load_checkpoint
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.weights import WeightsError, load_darknet_weights, read_header
 
 log = logging.getLogger(__name__)
 

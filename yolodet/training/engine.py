@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from yolodet.blocks.conv import ConnectedBlock, ConvBlock
+from yolodet.modeling.blocks.conv import ConnectedBlock, ConvBlock
 from yolodet.data.train_dataset import TrainBatch
-from yolodet.loss import LOSS_PARTS, YoloLoss
-from yolodet.schedule import LrSchedule
+from yolodet.training.loss import LOSS_PARTS, YoloLoss
+from yolodet.training.schedule import LrSchedule
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from yolodet.atomic import atomic_write_bytes
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv"})
-SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "zebras.jpg"
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "zebras.jpg"
+"""The bundled sample image (package data), the default source of ``yolodet detect``."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_convert, box_iou, complete_box_iou_loss, distance_box_iou_loss
 from torchvision.ops import generalized_box_iou_loss
 
-from yolodet.blocks.yolo import HeadSpec, common_class_count
+from yolodet.modeling.blocks.yolo import HeadSpec, common_class_count
 
 LOSS_PARTS = ("box", "obj", "cls", "total")
 

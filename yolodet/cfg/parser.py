@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -114,19 +115,56 @@ class CfgBlock:
         return items
 
     def _number(self, key: str, text: str, kind: type) -> int | float:
+        """``text`` read as Darknet's ``atoi``/``atof`` read it (see :func:`darknet_number`)."""
         try:
-            if kind is int:
-                value = float(text)
-                if not value.is_integer():
-                    raise ValueError
-                return int(value)
-            value = float(text)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError
-            return value
-        except ValueError:
-            raise self.error(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}",
-                             key) from None
+            value, exact = darknet_number(text, kind)
+        except ValueError as exc:
+            raise self.error(str(exc), key) from None
+        if not exact:
+            log.warning("%s:%d: [%s] %s: %r is read as %s, as Darknet's %s does", self.path,
+                        self.key_lines.get(key, self.line), self.type, key, text, value,
+                        "atoi" if kind is int else "atof")
+        return value
+
+
+_INT_PREFIX = re.compile(r"[+-]?\d+")
+_FLOAT_PREFIX = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)", re.IGNORECASE)
+
+
+def darknet_number(text: str, kind: type = int) -> tuple[int | float, bool]:
+    """Read ``text`` as Darknet's ``atoi`` (``kind=int``) or ``atof`` (``kind=float``) does: the longest numeric
+    prefix, so ``40#32`` is 40 and ``0.0`` is 0 for an integer key.
+
+    Returns:
+        (value, exact): ``exact`` is False when Darknet's reading differs from the text as written (a suffix was
+        ignored, or a fraction dropped), so the caller can warn.
+
+    Raises:
+        ValueError: no numeric prefix at all (Darknet would silently read 0), or a non-finite float.
+
+    Warning:
+        Darknet reads ``abc`` as 0 without a word; yolodet refuses it, since a cfg that means 0 says 0.
+    """
+    what = "an integer" if kind is int else "a number"
+    if kind is int:
+        match = _INT_PREFIX.match(text)
+        if match is None:
+            raise ValueError(f"expected {what}, got {text!r} (Darknet's atoi would silently read 0)")
+        value = int(match.group())
+        exact = match.end() == len(text)
+        if not exact:
+            try:
+                exact = float(text) == value  # "2.0", "1e1" ... mean what atoi reads: nothing to warn about
+            except ValueError:
+                pass
+        return value, exact
+    match = _FLOAT_PREFIX.match(text)
+    if match is None:
+        raise ValueError(f"expected {what}, got {text!r} (Darknet's atof would silently read 0)")
+    fvalue = float(match.group())
+    if fvalue != fvalue or fvalue in (float("inf"), float("-inf")):
+        raise ValueError(f"expected {what}, got {text!r} (not finite)")
+    return fvalue, match.end() == len(text)
 
 
 def parse_cfg_text(text: str, path: str = "<cfg>") -> list[CfgBlock]:

@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torchvision.ops import batched_nms
 
-from yolodet.boxes import cxcywh_to_xyxy
-from yolodet.preprocess import Mapping
+from yolodet.inference.boxes import cxcywh_to_xyxy
+from yolodet.inference.preprocess import Mapping
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from yolodet.blocks.yolo import HeadSpec, common_class_count
+from yolodet.modeling.blocks.yolo import HeadSpec, common_class_count
 
 
 class YoloDecoder:

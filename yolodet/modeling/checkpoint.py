@@ -24,8 +24,8 @@ import torch
 
 from yolodet.atomic import atomic_writer
 from yolodet.cfg import CfgError
-from yolodet.model import Darknet
-from yolodet.weights import WeightsError, load_darknet_weights
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.weights import WeightsError, load_darknet_weights
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Sequence
 
 import torch
 
-from yolodet.blocks.base import Block, BuildContext
+from yolodet.modeling.blocks.base import Block, BuildContext
 from yolodet.cfg import CfgBlock
-from yolodet.registry import BLOCKS
+from yolodet.modeling.registry import BLOCKS
 
 IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
 
@@ -115,7 +115,7 @@ def build_yolo(block: CfgBlock, ctx: BuildContext) -> YoloHead:
     iou_loss = block.get_str("iou_loss", "mse")
     if iou_loss not in IOU_LOSSES:
         raise block.error(f"unknown iou_loss {iou_loss!r}; known: {', '.join(IOU_LOSSES)}", "iou_loss")
-    net_w = ctx.net.get_int("width", 416)
+    net_w = ctx.net.width
     spec = HeadSpec(
         layer=ctx.index, anchors=tuple(all_anchors[m] for m in mask), all_anchors=all_anchors, mask=mask,
         classes=classes, stride=max(1, net_w // w), scale_x_y=block.get_float("scale_x_y", 1.0),

@@ -8,40 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
 
-import yolodet.blocks  # noqa: F401  (registers the built-in block types)
-from yolodet.blocks.base import Block, BuildContext
-from yolodet.blocks.yolo import HeadSpec, YoloHead
+import yolodet.modeling.blocks  # noqa: F401  (registers the built-in block types)
+from yolodet.modeling.blocks.base import Block, BuildContext
+from yolodet.modeling.blocks.yolo import HeadSpec, YoloHead
 from yolodet.cfg import CfgBlock, CfgError, parse_cfg_text
-from yolodet.registry import BLOCKS
+from yolodet.cfg.net import NetConfig
+from yolodet.modeling.registry import BLOCKS
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NetInfo:
-    """The ``[net]`` section: input size and every (training) key as text."""
-
-    width: int
-    height: int
-    channels: int
-    options: Mapping[str, str]
-    block: CfgBlock
-
-
-def _net_info(block: CfgBlock) -> NetInfo:
-    dims = {}
-    for key, default in (("width", 416), ("height", 416), ("channels", 3)):
-        dims[key] = block.get_int(key, default)
-        if dims[key] < 1:
-            raise block.error(f"must be >= 1, got {dims[key]}", key)
-    return NetInfo(dims["width"], dims["height"], dims["channels"], dict(block.options), block)
 
 
 def _validate_keys(block: CfgBlock) -> None:
@@ -62,7 +41,7 @@ class Darknet(nn.Module):
         cfg_text: the cfg source, kept so checkpoints can embed it.
 
     Attributes:
-        net: input size and ``[net]`` options.
+        net: the ``[net]`` section, typed (:class:`yolodet.cfg.net.NetConfig`): input size, training keys.
         layers: one :class:`Block` per cfg section after ``[net]`` (index = Darknet layer index).
         heads: one :class:`HeadSpec` per ``[yolo]`` section, in cfg order (same order as ``forward``'s list).
     """
@@ -71,14 +50,14 @@ class Darknet(nn.Module):
         super().__init__()
         if not blocks or blocks[0].type != "net":
             raise CfgError("the first section must be [net]")
-        self.net = _net_info(blocks[0])
+        self.net = NetConfig.from_block(blocks[0])
         self.cfg_text = cfg_text
         self.cfg_path = blocks[0].path
         for block in blocks[1:]:  # validate every section before building any of them
             _validate_keys(block)
         if len(blocks) < 2:
             raise blocks[0].error("the cfg has no layers after [net]")
-        ctx = BuildContext(blocks[0])
+        ctx = BuildContext(self.net)
         for block in blocks[1:]:
             layer = _build(block, ctx)
             ctx.layers.append(layer)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from yolodet.cfg import CfgBlock
+from yolodet.cfg.net import NetConfig
 
 Shape = tuple[int, int, int]
 """(channels, height, width) of one layer's output at the cfg's network size."""
@@ -37,12 +38,12 @@ class BuildContext:
     """What a builder may know about the network built so far.
 
     Attributes:
-        net: the ``[net]`` block (input size, training keys).
+        net: the typed ``[net]`` section (input size, training keys).
         shapes: output (C, H, W) of every earlier layer, index = Darknet layer index.
         layers: the earlier blocks themselves (backbone stages share one torchvision model through this).
     """
 
-    net: CfgBlock
+    net: NetConfig
     shapes: list[Shape] = field(default_factory=list)
     layers: list[Block] = field(default_factory=list)
 
@@ -56,7 +57,7 @@ class BuildContext:
         """Output shape of the previous layer (or of the network input for layer 0)."""
         if self.shapes:
             return self.shapes[-1]
-        return (self.net.get_int("channels", 3), self.net.get_int("height", 416), self.net.get_int("width", 416))
+        return self.net.input_shape
 
     def resolve(self, block: CfgBlock, key: str, index: int) -> int:
         """Darknet index (negative = relative to this layer) -> absolute index of an earlier layer."""

@@ -18,9 +18,10 @@ Every policy is preceded by ``burn_in`` steps of ``learning_rate * (step / burn_
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping
 
-POLICIES = ("steps", "constant", "poly", "exp")
+from yolodet.cfg.net import LR_POLICIES, NetConfig
+
+POLICIES = LR_POLICIES
 
 
 @dataclass(frozen=True)
@@ -61,29 +62,10 @@ class LrSchedule:
         return get_lr(step, self)
 
     @classmethod
-    def from_net_options(cls, options: Mapping[str, str]) -> "LrSchedule":
-        """Read the ``[net]`` keys (strings, as :attr:`yolodet.model.NetInfo.options` holds them)."""
-        def num(key: str, default: float) -> float:
-            try:
-                return float(options.get(key, default))
-            except ValueError:
-                raise ValueError(f"[net] {key}={options[key]!r} is not a number") from None
-
-        def nums(key: str) -> list[float]:
-            text = options.get(key, "").strip()
-            try:
-                return [float(v) for v in text.split(",") if v.strip()]
-            except ValueError:
-                raise ValueError(f"[net] {key}={text!r} is not a list of numbers") from None
-
-        steps = [int(v) for v in nums("steps")]
-        scales = nums("scales")
-        if len(scales) < len(steps):  # Darknet reads missing scales as 1 (no change)
-            scales += [1.0] * (len(steps) - len(scales))
-        return cls(learning_rate=num("learning_rate", 0.001), max_batches=int(num("max_batches", 500200)),
-                   burn_in=int(num("burn_in", 0)), power=num("power", 4.0),
-                   policy=options.get("policy", "steps") or "steps", steps=tuple(steps),
-                   scales=tuple(scales[:len(steps)]), gamma=num("gamma", 1.0))
+    def from_net(cls, net: NetConfig) -> "LrSchedule":
+        """The schedule of a typed ``[net]`` section."""
+        return cls(learning_rate=net.learning_rate, max_batches=net.max_batches, burn_in=net.burn_in,
+                   power=net.power, policy=net.policy, steps=net.steps, scales=net.scales, gamma=net.gamma)
 
     def with_max_batches(self, max_batches: int) -> "LrSchedule":
         """The same schedule stretched to another run length: ``steps`` scale with ``max_batches``; ``burn_in``

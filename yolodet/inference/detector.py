@@ -9,19 +9,25 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from yolodet.checkpoint import load_model
-from yolodet.decode import YoloDecoder
-from yolodet.model import Darknet
-from yolodet.optimize import InferenceModel, compute_dtype, optimize_for_inference, resolve_precision, weights_version
-from yolodet.postprocess import Detections, postprocess
-from yolodet.preprocess import PREPROCESS_MODES, Mapping, preprocess
+from yolodet.modeling.checkpoint import load_model
+from yolodet.inference.decode import YoloDecoder
+from yolodet.modeling.model import Darknet
+from yolodet.inference.optimize import (
+    InferenceModel,
+    compute_dtype,
+    optimize_for_inference,
+    resolve_precision,
+    weights_version,
+)
+from yolodet.inference.postprocess import Detections, postprocess
+from yolodet.inference.preprocess import PREPROCESS_MODES, Mapping, preprocess
 
 log = logging.getLogger(__name__)
 
 
 def default_preprocess(model: Darknet) -> str:
     """Darknet's own resize, with AlexeyAB's geometry rule: letterbox only when ``[net]`` says ``letter_box=1``."""
-    return "darknet-letterbox" if model.net.options.get("letter_box", "0") not in ("0", "") else "darknet-resize"
+    return "darknet-letterbox" if model.net.letter_box else "darknet-resize"
 
 
 def parse_size(size: int | Sequence[int] | None, model: Darknet) -> tuple[int, int]:

@@ -39,11 +39,11 @@ import math
 import torch
 from torch import nn
 
-from yolodet.backbones import BACKBONES, BackboneSpec, StageInfo, get_backbone
-from yolodet.blocks.base import Block, BuildContext, Shape
+from yolodet.modeling.backbones import BACKBONES, BackboneSpec, StageInfo, get_backbone
+from yolodet.modeling.blocks.base import Block, BuildContext, Shape
 from yolodet.cfg import CfgBlock
-from yolodet.registry import BLOCKS
-from yolodet.weights import WeightsError
+from yolodet.modeling.registry import BLOCKS
+from yolodet.modeling.weights import WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -177,3 +177,9 @@ def build_stage(block: CfgBlock, ctx: BuildContext) -> StageBlock:
                           f"has {c}")
     out = (backbone.feature_info[stage].channels, *_downsample((h, w), 1))
     return StageBlock(spec, index, stage, backbone.claim(stage), out)
+
+
+def has_backbone(model: nn.Module) -> bool:
+    """True when ``model`` has torchvision layers, i.e. it cannot be written as Darknet ``.weights`` (use a
+    checkpoint: :func:`yolodet.modeling.checkpoint.save_checkpoint`)."""
+    return any(isinstance(m, BackboneBlock) for m in model.layers)

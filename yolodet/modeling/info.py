@@ -24,13 +24,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from yolodet.blocks.backbone import BackboneBlock, StageBlock
-from yolodet.blocks.base import Block, Shape
-from yolodet.blocks.conv import ConnectedBlock, ConvBlock
-from yolodet.blocks.structural import MaxPool, Route, ScaleChannels, Shortcut, Upsample
-from yolodet.blocks.yolo import YoloHead
+from yolodet.modeling.blocks.backbone import BackboneBlock, StageBlock
+from yolodet.modeling.blocks.base import Block, Shape
+from yolodet.modeling.blocks.conv import ConnectedBlock, ConvBlock
+from yolodet.modeling.blocks.structural import MaxPool, Route, ScaleChannels, Shortcut, Upsample
+from yolodet.modeling.blocks.yolo import YoloHead
 from yolodet.cfg import SECTION_ALIASES, CfgError, parse_cfg_text
-from yolodet.model import Darknet
+from yolodet.modeling.model import Darknet
 
 
 @dataclass(frozen=True)

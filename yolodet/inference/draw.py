@@ -7,7 +7,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from yolodet.postprocess import Detections
+from yolodet.inference.postprocess import Detections
 
 
 def class_color(label: int) -> tuple[int, int, int]:

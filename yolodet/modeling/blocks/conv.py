@@ -7,9 +7,9 @@ import math
 import torch
 from torch import nn
 
-from yolodet.blocks.base import Block, BuildContext
+from yolodet.modeling.blocks.base import Block, BuildContext
 from yolodet.cfg import CfgBlock
-from yolodet.registry import BLOCKS
+from yolodet.modeling.registry import BLOCKS
 
 BN_EPS = 1e-5  # Darknet (AlexeyAB, and pjreddie's GPU path): (x - mean) / sqrt(var + 1e-5)
 MAX_WEIGHTS = 1 << 28  # 1 GiB of float32 in one layer; real cfgs stay far below (VGG fc6: 1e8). A larger count is

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from yolodet.optimize import PRECISIONS
+from yolodet.inference.optimize import PRECISIONS
 
 __all__ = ["add_precision_options", "add_threads_option", "threads_problem"]
 

@@ -1,6 +1,6 @@
-"""Image loading and network-input preprocessing, with the mapping back to original pixels.
+"""Network-input preprocessing, with the mapping back to original pixels.
 
-Data flow: ``read_image`` -> RGB ``uint8[H, W, 3]`` -> ``preprocess`` -> ``float32[3, net_h, net_w]`` in [0, 1]
+Data flow: :func:`yolodet.data.images.read_image` -> RGB ``uint8[H, W, 3]`` -> ``preprocess`` -> ``float32[3, net_h, net_w]`` in [0, 1]
 plus a :class:`Mapping` that sends boxes predicted in network-input pixels back to the original image.
 
 Modes (``PREPROCESS_MODES``):
@@ -13,46 +13,18 @@ Modes (``PREPROCESS_MODES``):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
-from yolodet.boxes import clip_xyxy
+from yolodet.inference.boxes import clip_xyxy
 
 PREPROCESS_MODES = ("darknet-resize", "darknet-letterbox", "resize", "letterbox")
 
 _FILL = 0.5  # letterbox gray, as Darknet's fill_image(boxed, .5)
 _BAND_ROWS = 32  # output rows per band of darknet_resize; keeps temporaries in the few-hundred-kB range
-
-
-class ImageReadError(ValueError):
-    """An image file is missing, empty or cannot be decoded."""
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB ``uint8[H, W, 3]`` (``cv2.imread`` with ``IMREAD_COLOR``, then BGR -> RGB).
-
-    Raises:
-        ImageReadError: the file is missing, not a regular file, empty, or OpenCV cannot decode it.
-    """
-    name = os.fspath(path)
-    if not os.path.exists(name):
-        raise ImageReadError(f"cannot read image {name!r}: no such file")
-    if not os.path.isfile(name):
-        raise ImageReadError(f"cannot read image {name!r}: not a regular file")
-    if os.path.getsize(name) == 0:
-        raise ImageReadError(f"cannot read image {name!r}: file is empty (0 bytes)")
-    try:
-        bgr = cv2.imread(name, cv2.IMREAD_COLOR)
-    except cv2.error as exc:  # e.g. decoder failures surfaced as exceptions by some builds
-        raise ImageReadError(f"cannot read image {name!r}: OpenCV error: {exc}") from exc
-    if bgr is None or bgr.size == 0:
-        raise ImageReadError(f"cannot read image {name!r}: OpenCV could not decode it "
-                             "(corrupt or unsupported format)")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 @dataclass(frozen=True)

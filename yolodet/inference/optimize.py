@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yolodet.blocks.conv import ConvBlock
-from yolodet.blocks.structural import MaxPool
-from yolodet.model import Darknet
-from yolodet.winograd import Winograd3x3, winograd_pays
+from yolodet.modeling.blocks.conv import ConvBlock
+from yolodet.modeling.blocks.structural import MaxPool
+from yolodet.modeling.model import Darknet
+from yolodet.inference.winograd import Winograd3x3, winograd_pays
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,7 @@
+"""Block families; importing this package registers every built-in block type in ``yolodet.registry.BLOCKS``."""
+
+from yolodet.modeling.blocks import backbone, conv, structural, yolo  # noqa: F401
+from yolodet.modeling.blocks.base import Block, BuildContext
+from yolodet.modeling.blocks.yolo import HeadSpec
+
+__all__ = ["Block", "BuildContext", "HeadSpec"]
