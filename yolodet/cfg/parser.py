@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from yolodet.errors import YolodetError
+
 log = logging.getLogger(__name__)
 
 SECTION_ALIASES: Mapping[str, str] = {
@@ -29,7 +31,7 @@ SECTION_ALIASES: Mapping[str, str] = {
 }
 
 
-class CfgError(ValueError):
+class CfgError(YolodetError, ValueError):
     """A cfg problem, located as ``file:line: [section] key: message``."""
 
     def __init__(self, message: str, *, path: str = "<cfg>", line: int | None = None,

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+from yolodet.errors import YolodetError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -56,7 +58,7 @@ _CHUNK = 1 << 20
 _PIP_TIMEOUT_S = 600.0
 
 
-class FetchError(RuntimeError):
+class FetchError(YolodetError, RuntimeError):
     """A weights file is missing, corrupt, or could not be fetched (the message says what to do)."""
 
 

@@ -21,13 +21,15 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from yolodet.errors import YolodetError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_DECODERS", "ImageReadError", "default_decoder", "image_reader", "read_image", "read_image_stb",
            "stb_available"]
 
 
-class ImageReadError(ValueError):
+class ImageReadError(YolodetError, ValueError):
     """An image file is missing, empty or cannot be decoded."""
 
 

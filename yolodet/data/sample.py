@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from yolodet.errors import YolodetError
+
 __all__ = [
     "DatasetError", "DatasetSource", "LabelIssue", "Sample", "checked_box", "empty_sample_arrays", "stack_labels",
 ]
@@ -22,7 +24,7 @@ __all__ = [
 _CLIP_TOLERANCE = 1e-6
 
 
-class DatasetError(ValueError):
+class DatasetError(YolodetError, ValueError):
     """The dataset as a whole is unusable (missing ``.data``/names/annotation file, json that is not COCO)."""
 
 

@@ -26,13 +26,14 @@ from yolodet.atomic import atomic_writer
 from yolodet.cfg import CfgError
 from yolodet.modeling.model import Darknet
 from yolodet.modeling.weights import WeightsError, load_darknet_weights
+from yolodet.errors import YolodetError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "yolodet-checkpoint"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(YolodetError, ValueError):
     """A checkpoint that cannot be read or does not fit (message names the file)."""
 
 

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 from yolodet.atomic import atomic_writer
+from yolodet.errors import YolodetError
 
 log = logging.getLogger(__name__)
 
 _HEADER_INTS = struct.Struct("<3i")
 
 
-class WeightsError(ValueError):
+class WeightsError(YolodetError, ValueError):
     """A ``.weights`` file that does not fit the cfg (message names the file, layer and counts)."""
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from yolodet.modeling.blocks.backbone import BackboneBlock, StageBlock, has_backbone
 from yolodet.modeling.model import Darknet
+from yolodet.errors import YolodetError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ IMAGENET = "imagenet"
 """``weights=imagenet``: torchvision's ImageNet weights, from its local download cache only."""
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(YolodetError, ValueError):
     """Pretrained backbone weights that are missing or do not fit (message names the file and the backbone)."""
 
 
