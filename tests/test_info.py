@@ -89,7 +89,7 @@ def _load_tool():
     return module
 
 
-def test_tool_prints_table(capsys):
+def test_tool_prints_table(capsys, caplog):
     model_info = _load_tool()
     args = model_info.get_args_parser().parse_args(
         ["--cfg", str(ROOT / "cfg" / "yolo-v3-resnet50.cfg"), "--img-size", "320"])
@@ -100,4 +100,4 @@ def test_tool_prints_table(capsys):
     assert out[-1].startswith("Total: 35 layers")
     args = model_info.get_args_parser().parse_args(["--cfg", str(ROOT / "cfg" / "missing.cfg")])
     assert model_info.main(args) == 2
-    assert "missing.cfg" in capsys.readouterr().err
+    assert "missing.cfg" in caplog.text and "not a shipped cfg name" in caplog.text

@@ -20,8 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: dict[str, int] = {
-    "yolodet.atomic": 0, "yolodet.device": 0, "yolodet.errors": 0, "yolodet._stb_image": 0,
-    "yolodet.cfg": 1,
+    "yolodet.errors": 0, "yolodet._stb_image": 0,
+    "yolodet.atomic": 1, "yolodet.device": 1, "yolodet.cfg": 1,
     "yolodet.data": 2, "yolodet.modeling": 2,
     "yolodet.inference": 3,
     "yolodet.evaluation": 4, "yolodet.export": 4,
@@ -42,7 +42,8 @@ def module_name(root: Path, path: Path) -> str:
 
 
 def imports_of(path: Path, name: str) -> set[str]:
-    """Every module ``path`` imports (absolute names; relative imports resolved), at any depth of the file."""
+    """Every module ``path`` imports (absolute names; relative imports resolved), at any depth of the file.
+    ``from pkg import name`` gives ``pkg`` and ``?pkg.name`` (a submodule if such a module exists)."""
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -55,7 +56,7 @@ def imports_of(path: Path, name: str) -> set[str]:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
+            found.update(f"?{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`, maybe
     return found
 
 
@@ -75,6 +76,8 @@ def check_layout(root: Path, package: str, layers: dict[str, int], no_torch: tup
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         imported = imports_of(path, name)
+        imported = {m for m in imported if not m.startswith("?")} | \
+            {m[1:] for m in imported if m.startswith("?") and m[1:] in modules}
         graph[name] = {m for m in imported if m in modules and m != name}
         own = part_of(name, layers)
         for target in sorted(imported):

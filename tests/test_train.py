@@ -153,7 +153,7 @@ def test_wrong_class_count_is_reported(tmp_path: Path, caplog) -> None:
     cfg = tmp_path / "three.cfg"
     cfg.write_text(CFG.read_text().replace("classes=2", "classes=3").replace("filters=21", "filters=24"))
     assert _train_main(["--cfg", cfg, "--data", data, "--output", tmp_path / "run", "--workers", 0]) == 2
-    assert "make_cfg.py" in caplog.text
+    assert "yolodet make-cfg" in caplog.text
 
 
 def _loadable_step(path: Path) -> int | None:

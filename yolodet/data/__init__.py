@@ -1,4 +1,5 @@
-"""Datasets: readers for Darknet lists, COCO json and Pascal VOC xml, all producing one internal format.
+"""Datasets: readers for Darknet lists, COCO json, Pascal VOC xml and Ultralytics dataset YAML, all producing
+one internal format.
 
 Every reader returns a :class:`DatasetSource` (class names, :class:`Sample` list, :class:`LabelIssue` list);
 boxes are ``float32[N, 4]`` normalised ``xyxy``, labels ``int64[N]`` 0-based. :func:`load_dataset` picks the
@@ -11,6 +12,7 @@ from yolodet.data.darknet import label_path_candidates, parse_data_file, read_da
 from yolodet.data.sample import DatasetError, DatasetSource, LabelIssue, Sample
 from yolodet.data.sources import load_dataset, to_coco_gt
 from yolodet.data.voc import read_voc
+from yolodet.data.yolo_yaml import read_yolo_yaml
 
 __all__ = [
     "DatasetError",
@@ -24,5 +26,6 @@ __all__ = [
     "read_darknet_data",
     "read_names",
     "read_voc",
+    "read_yolo_yaml",
     "to_coco_gt",
 ]

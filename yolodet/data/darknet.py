@@ -32,7 +32,8 @@ from yolodet.data.sample import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["label_path_candidates", "parse_data_file", "read_darknet_data", "read_darknet_labels", "read_names"]
+__all__ = ["label_path_candidates", "labelled_samples", "parse_data_file", "read_darknet_data", "read_darknet_labels",
+           "read_names"]
 
 # Darknet .data keys of the split lists; "val" is accepted for "valid" (the name most other tools use).
 _SPLIT_KEYS = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
@@ -170,15 +171,33 @@ def read_darknet_data(path: str | os.PathLike, split: str = "valid") -> DatasetS
 
     entries = [(n, s.strip()) for n, s in
                enumerate(list_path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1) if s.strip()]
-    stems = [pathlib.PurePath(e).stem for _, e in entries]
-    numeric_ids = all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems)
-
-    samples: list[Sample] = []
     list_dir = list_path.resolve().parent
-    for index, ((n, entry), stem) in enumerate(zip(entries, stems)):
+    images = []
+    for n, entry in entries:
         image = _resolve(entry, [list_dir, data_dir])
         if image is None or not image.is_file():
             issues.append(LabelIssue(list_path, n, f"image {entry} not found", "skipped image"))
+            image = None
+        images.append((image, entry))
+    samples = labelled_samples(images, len(names), issues)
+    logger.info("%s [%s]: %d images, %d classes, %d issues", data_path, key, len(samples), len(names), len(issues))
+    return DatasetSource(names=names, samples=samples, issues=issues)
+
+
+def labelled_samples(images: list[tuple[pathlib.Path | None, str]], num_classes: int,
+                     issues: list[LabelIssue]) -> list[Sample]:
+    """Samples for a list of (image, the name it was listed as); image None: listed but not found (already
+    reported). Each image gets its YOLO txt label file found the Darknet way; an image without one has no
+    objects (recorded as ``info``).
+
+    ``image_id`` is the integer file stem when every listed image has a unique all-digit stem (COCO 2017 names),
+    else the 0-based position in the list.
+    """
+    stems = [pathlib.PurePath(listed).stem for _, listed in images]
+    numeric_ids = all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems)
+    samples: list[Sample] = []
+    for index, ((image, _), stem) in enumerate(zip(images, stems)):
+        if image is None:
             continue
         label_file = next((p for p in label_path_candidates(image) if p.is_file()), None)
         if label_file is None:
@@ -188,11 +207,10 @@ def read_darknet_data(path: str | os.PathLike, split: str = "valid") -> DatasetS
             ))
             boxes, labels = empty_sample_arrays()
         else:
-            boxes, labels = stack_labels(*read_darknet_labels(label_file, len(names), issues))
+            boxes, labels = stack_labels(*read_darknet_labels(label_file, num_classes, issues))
         samples.append(Sample(image=image, boxes=boxes, labels=labels,
                               image_id=int(stem) if numeric_ids else index))
-    logger.info("%s [%s]: %d images, %d classes, %d issues", data_path, key, len(samples), len(names), len(issues))
-    return DatasetSource(names=names, samples=samples, issues=issues)
+    return samples
 
 
 def _resolve(value: str, bases: list[pathlib.Path]) -> pathlib.Path | None:

@@ -7,6 +7,7 @@
 2. ``*.json`` -> COCO (:func:`~yolodet.data.coco.read_coco`); the json *is* the split, so ``split`` is unused;
    images in ``images_dir`` or the default of :func:`~yolodet.data.coco.default_coco_images_dir`.
 3. ``*.txt`` -> a Pascal VOC split list (:func:`~yolodet.data.voc.read_voc`).
+3b. ``*.yaml``/``*.yml`` -> an Ultralytics dataset YAML (:func:`~yolodet.data.yolo_yaml.read_yolo_yaml`).
 4. a directory, first match of:
    a. ``<dir>/<split>.txt`` or ``<dir>/ImageSets/Main/<split>.txt`` (``val``/``valid`` tried for either) -> VOC
       split list (the raccoon layout: ``train.txt``/``val.txt`` beside ``annotations/`` and ``images/``);
@@ -29,6 +30,7 @@ from yolodet.data.coco import read_coco
 from yolodet.data.darknet import read_darknet_data
 from yolodet.data.sample import DatasetError, DatasetSource
 from yolodet.data.voc import read_voc
+from yolodet.data.yolo_yaml import read_yolo_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def load_dataset(
     """Read the ``split`` of the dataset at ``spec``, choosing the reader by the rules of the module docstring.
 
     Args:
-        spec: ``.data`` file, COCO json, VOC split list, or dataset directory.
+        spec: ``.data`` file, COCO json, dataset YAML, VOC split list, or dataset directory.
         split: ``"train"``, ``"valid"``/``"val"``, ``"test"``.
         names: class names for VOC datasets (default: the sorted names found); ignored by the other formats,
             whose names come with the dataset.
@@ -67,7 +69,9 @@ def load_dataset(
             return read_coco(path, images_dir)
         if suffix == ".txt":
             return read_voc(path, names)
-        raise DatasetError(f"dataset {path}: expected a .data, .json or .txt file, or a directory")
+        if suffix in (".yaml", ".yml"):
+            return read_yolo_yaml(path, split)
+        raise DatasetError(f"dataset {path}: expected a .data, .json, .yaml or .txt file, or a directory")
 
     splits = _SPLIT_ALIASES.get(split, (split,))
     for s in splits:

@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from yolodet.inference.loader import InferenceDataset, inference_loader
 from yolodet.data.images import default_decoder
-from yolodet.data.sample import DatasetSource
+from yolodet.data.sample import DatasetError, DatasetSource
 from yolodet.data.sources import to_coco_gt
 from yolodet.inference.detector import Detector
+from yolodet.inference.settings import EVAL_CONF_THRES, NMS_THRES, check_thresholds
 from yolodet.evaluation.coco import (
     STAT_NAMES,
     ClassAP,
@@ -90,7 +91,7 @@ class EvalResult:
 
 
 def evaluate(model: Detector | Darknet, source: DatasetSource, *, img_size: int | Sequence[int] | None = None,
-             preprocess: str | None = None, conf_thres: float = 0.005, nms_thres: float = 0.45,
+             preprocess: str | None = None, conf_thres: float = EVAL_CONF_THRES, nms_thres: float = NMS_THRES,
              batch_size: int = 8, workers: int = 0, device: str | torch.device | None = None,
              gt: dict[str, Any] | None = None, max_det: int = 100, decoder: str | None = None,
              progress: bool = True) -> EvalResult:
@@ -117,8 +118,9 @@ def evaluate(model: Detector | Darknet, source: DatasetSource, *, img_size: int 
         ValueError: the model does not fit the ground truth (class count), or ``source`` has image ids the
             ground truth lacks.
     """
+    check_thresholds(conf_thres, nms_thres)
     if not source.samples:
-        raise ValueError("the dataset has no images to evaluate")
+        raise DatasetError("the dataset has no images to evaluate")
     decoder = decoder or default_decoder()
     restore = model.model.training if isinstance(model, Detector) else model.training
     net = model.model if isinstance(model, Detector) else model

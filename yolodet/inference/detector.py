@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from yolodet.device import DEFAULT_DEVICE, resolve_device
 from yolodet.modeling.checkpoint import load_model
 from yolodet.inference.decode import YoloDecoder
 from yolodet.modeling.model import Darknet
@@ -21,6 +22,7 @@ from yolodet.inference.optimize import (
 )
 from yolodet.inference.postprocess import Detections, postprocess
 from yolodet.inference.preprocess import PREPROCESS_MODES, Mapping, preprocess
+from yolodet.inference.settings import CONF_THRES, NMS_THRES, check_thresholds, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +30,6 @@ log = logging.getLogger(__name__)
 def default_preprocess(model: Darknet) -> str:
     """Darknet's own resize, with AlexeyAB's geometry rule: letterbox only when ``[net]`` says ``letter_box=1``."""
     return "darknet-letterbox" if model.net.letter_box else "darknet-resize"
-
-
-def parse_size(size: int | Sequence[int] | None, model: Darknet) -> tuple[int, int]:
-    """``None`` -> the cfg's (width, height); ``416`` -> (416, 416); ``(w, h)`` as is. Checked against strides."""
-    if size is None:
-        w, h = model.net.width, model.net.height
-    elif isinstance(size, int):
-        w = h = size
-    else:
-        w, h = (int(size[0]), int(size[1]))
-    stride = max((head.stride for head in model.heads), default=1)
-    if w < 1 or h < 1 or (model.heads and (w % stride or h % stride)):
-        raise ValueError(f"image size {w}x{h} must be a positive multiple of the largest head stride ({stride})")
-    return w, h
 
 
 class Detector:
@@ -52,7 +40,8 @@ class Detector:
         names: class names (index -> name); ``"class <i>"`` when None.
         img_size: network input size, an int or (w, h); the cfg's size when None.
         preprocess: one of :data:`yolodet.preprocess.PREPROCESS_MODES`; :func:`default_preprocess` when None.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        device: ``"auto"`` (default: CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... (see
+            :func:`yolodet.device.resolve_device`).
         precision: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` (CUDA) or ``"half"`` (the device's fast mode), see
             :mod:`yolodet.optimize`; decoding and NMS always run in fp32.
         optimize: ``True``: run a BN-folded, fused, channels_last copy of the model (:func:`optimize_for_inference`;
@@ -67,13 +56,13 @@ class Detector:
 
     def __init__(self, model: Darknet, *, names: Sequence[str] | None = None,
                  img_size: int | Sequence[int] | None = None, preprocess: str | None = None,
-                 device: str | torch.device = "cpu", precision: str = "fp32", optimize: bool | str = "auto") -> None:
+                 device: str | torch.device = DEFAULT_DEVICE, precision: str = "fp32", optimize: bool | str = "auto") -> None:
         if not model.heads:
             raise ValueError(f"{model.cfg_path}: the cfg has no [yolo] heads; it is not a detector")
         self.preprocess_mode = preprocess or default_preprocess(model)
         if self.preprocess_mode not in PREPROCESS_MODES:
             raise ValueError(f"unknown preprocess {self.preprocess_mode!r}; known: {', '.join(PREPROCESS_MODES)}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.img_size = parse_size(img_size, model)
         self.names = list(names) if names else [f"class {i}" for i in range(model.num_classes)]
@@ -116,9 +105,10 @@ class Detector:
         return torch.from_numpy(np.stack(arrays)).to(self.device), list(mappings)
 
     @torch.inference_mode()
-    def infer(self, batch: torch.Tensor, mappings: Sequence[Mapping] | None = None, *, conf_thres: float = 0.25,
-              nms_thres: float = 0.45, max_det: int | None = None) -> list[Detections]:
+    def infer(self, batch: torch.Tensor, mappings: Sequence[Mapping] | None = None, *, conf_thres: float = CONF_THRES,
+              nms_thres: float = NMS_THRES, max_det: int | None = None) -> list[Detections]:
         """A prepared batch [B, 3, h, w] -> detections (original pixels when ``mappings`` are given)."""
+        check_thresholds(conf_thres, nms_thres)
         batch = batch.to(self.device, non_blocking=True)
         net = self._network()
         if net is self.model and self.precision != "fp32":
@@ -130,7 +120,7 @@ class Detector:
         preds = self.decoder([o.float() for o in outputs], (batch.shape[3], batch.shape[2]))
         return postprocess(preds, conf_thres=conf_thres, nms_thres=nms_thres, mappings=mappings, max_det=max_det)
 
-    def predict(self, images: Sequence[np.ndarray], *, conf_thres: float = 0.25, nms_thres: float = 0.45,
+    def predict(self, images: Sequence[np.ndarray], *, conf_thres: float = CONF_THRES, nms_thres: float = NMS_THRES,
                 batch_size: int = 8, max_det: int | None = None) -> list[Detections]:
         """RGB uint8 images -> one :class:`Detections` per image, boxes xyxy in original pixels (on the CPU)."""
         results: list[Detections] = []
