@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: dict[str, int] = {
     "yolodet.errors": 0, "yolodet._stb_image": 0,
-    "yolodet.atomic": 1, "yolodet.device": 1, "yolodet.cfg": 1,
+    "yolodet.atomic": 1, "yolodet.device": 1, "yolodet.distributed": 1, "yolodet.cfg": 1,
     "yolodet.data": 2, "yolodet.modeling": 2,
     "yolodet.inference": 3,
     "yolodet.evaluation": 4, "yolodet.export": 4,

@@ -178,7 +178,8 @@ def test_writer_formats(detector: Detector, tmp_path: Path) -> None:
     writer.add(frame)
     writer.add(Frame(MediaInput(Path("gone.jpg"), "image"), error="gone.jpg: no such file"))
     doc = json.loads(writer.close({"cfg": "tiny"}).read_text())
-    assert doc["model"] == {"cfg": "tiny"} and doc["failed"] == [{"file": "gone.jpg", "error": "gone.jpg: no such file"}]
+    assert doc["model"] == {"cfg": "tiny"}
+    assert doc["failed"] == [{"file": "gone.jpg", "error": "gone.jpg: no such file"}]
     [record] = doc["images"]
     assert (record["width"], record["height"], record["frame"]) == (96, 80, None)
     lines = (tmp_path / "out" / "labels" / "x.txt").read_text().splitlines()

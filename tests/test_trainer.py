@@ -81,7 +81,8 @@ def test_cli_and_tools_shim_give_the_same_results_csv(tmp_path: Path) -> None:
     args = ["--cfg", str(CFG), "--data", str(data), "--max-batches", "3", "--batch-size", "2", "--workers", "0",
             "--device", "cpu", "--threads", "1", "--seed", "3", "--no-progress", "--quiet"]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    runs = {"cli": [sys.executable, "-m", "yolodet", "train"], "tool": [sys.executable, str(ROOT / "tools" / "train.py")]}
+    runs = {"cli": [sys.executable, "-m", "yolodet", "train"],
+            "tool": [sys.executable, str(ROOT / "tools" / "train.py")]}
     for name, command in runs.items():
         res = subprocess.run([*command, *args, "--output", str(tmp_path / name)], capture_output=True, text=True,
                              env=env, timeout=600)

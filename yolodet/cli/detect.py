@@ -112,6 +112,8 @@ def report(frame, names: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from yolodet.device import resolve_device
+    from yolodet.distributed import all_gather, init_from_env, shard
     from yolodet.inference.predict import predict_inputs
     from yolodet.inference.settings import check_thresholds
     from yolodet.inference.sources import SAMPLE_IMAGE, expand_sources, video_fps
@@ -130,8 +132,16 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         log.error("no input to process")
         return EXIT_ERROR
+    world, device = init_from_env(resolve_device(args.device))
+    args.device = str(device)
+    order = {id(item): n for n, item in enumerate(inputs)}
+    if world.size > 1:  # files are split across the ranks; cameras and streams stay on rank 0
+        files = [i for i in inputs if not i.live]
+        inputs = shard(files, world) + ([i for i in inputs if i.live] if world.main else [])
     detector, cfg, weights = build_detector(args)
     writer = DetectionWriter(out, detector.names, save_images=not args.no_images, save_txt=args.save_txt)
+    keys: list[tuple[int, int, int]] = []  # (image 0 / frame 1, input position, frame): the one-process order
+    failed_keys: list[tuple[int, int, int]] = []
     fps = {i.name: video_fps(i.path) for i in inputs if i.kind == "video"}
     frames: dict[str, int] = {}
     t0, interrupted = time.perf_counter(), False
@@ -146,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
             elif frame.index is not None:
                 frames[frame.source] = frames.get(frame.source, 0) + 1
             writer.add(frame, fps.get(frame.source, 25.0))
+            key = (0 if frame.input.kind == "image" else 1, order.get(id(frame.input), -1), frame.index or 0)
+            (failed_keys if frame.error is not None else keys).append(key)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: writing the results so far")
@@ -154,7 +166,14 @@ def run(args: argparse.Namespace) -> int:
                 "img_size": list(detector.img_size), "preprocess": detector.preprocess_mode,
                 "conf_thres": args.conf_thres, "nms_thres": args.nms_thres, "device": str(detector.device),
                 "precision": detector.precision}
-    writer.close(settings)
+    if world.size > 1:
+        parts = all_gather((keys, writer.records, failed_keys, writer.failed), world)
+        first = lambda pair: pair[0]  # noqa: E731
+        writer.records = [r for _, r in sorted(((k, r) for p in parts for k, r in zip(p[0], p[1])), key=first)]
+        writer.failed = [f for _, f in sorted(((k, f) for p in parts for k, f in zip(p[2], p[3])), key=first)]
+    writer.close(settings, write_json=world.main)
+    if not world.main:
+        return EXIT_OK
     if not args.quiet:
         for source, count in frames.items():
             print(f"{source}: {count} frames")

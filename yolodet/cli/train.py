@@ -63,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no jitter, HSV, flip or mosaic")
     p.add_argument("--jitter", type=float, help="override the [yolo] jitter")
     p.add_argument("--cache", action="store_true", help="keep decoded training images in memory")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: BatchNorm over the global batch")
     p.add_argument("--amp", dest="amp", action="store_true", default=None, help="fp16 autocast (default on CUDA)")
     p.add_argument("--no-amp", dest="amp", action="store_false")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU (fast only with AVX512-BF16/AMX)")
@@ -96,18 +97,21 @@ def config_from_args(args: argparse.Namespace):
         output=args.output, resume=args.resume, freeze=args.freeze, adam=args.adam, lr=args.lr,
         momentum=args.momentum, decay=args.decay, burn_in=args.burn_in, steps=args.steps, scales=args.scales,
         multi_scale=args.multi_scale, mosaic=args.mosaic, jitter=args.jitter, augment=args.augment,
-        cache=args.cache, amp=args.amp, bf16=args.bf16, channels_last=args.channels_last, seed=args.seed,
+        cache=args.cache, sync_bn=args.sync_bn, amp=args.amp, bf16=args.bf16, channels_last=args.channels_last,
+        seed=args.seed,
         eval_interval=args.eval_interval, conf_thres=args.conf_thres, time_limit=args.time_limit,
         stop_after_steps=args.stop_after_steps, progress=args.progress)
 
 
 def run(args: argparse.Namespace) -> int:
+    from yolodet.distributed import current_world
     from yolodet.training import train
 
     apply_threads(args.threads)
     summary = train(config_from_args(args))
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    print(f"trained {summary.steps} steps in {summary.train_seconds:.0f} s of training; best val AP50 "
-          f"{summary.best_ap50:.4f}; results in {summary.output}/")
+    if current_world().main:
+            print(f"trained {summary.steps} steps in {summary.train_seconds:.0f} s of training; best val AP50 "
+              f"{summary.best_ap50:.4f}; results in {summary.output}/")
     return EXIT_OK

@@ -107,6 +107,8 @@ def load_ground_truth(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from yolodet.atomic import atomic_write_bytes
+    from yolodet.device import resolve_device
+    from yolodet.distributed import init_from_env
     from yolodet.evaluation import evaluate, pr_curve_figure
     from yolodet.inference.detector import Detector
     from yolodet.inference.loader import default_workers
@@ -115,10 +117,11 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     check_thresholds(args.conf_thres, args.nms_thres)
     apply_threads(args.threads)
+    world, device = init_from_env(resolve_device(args.device))  # under torchrun: each rank runs a shard
     source, gt = load_ground_truth(args)
     cfg, weights = model_files(args.cfg, args.weights)
     detector = Detector.from_cfg(cfg, weights, img_size=img_size(args.img_size), preprocess=args.preprocess,
-                                 device=args.device, precision=args.precision)
+                                 device=device, precision=args.precision)
     if len(source.names) == len(detector.names):
         detector.names = list(source.names)
     log.info("model %s + %s: %d classes, input %dx%d, %s, %s, %s", cfg or "(embedded cfg)", weights,
@@ -127,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(detector, source, conf_thres=args.conf_thres, nms_thres=args.nms_thres,
                       batch_size=args.batch_size, workers=workers, gt=gt, max_det=args.max_det,
                       decoder=args.decoder, progress=args.progress)
+    if not world.main:  # every rank has the gathered result; rank 0 reports and writes
+        return 0
     if args.results:
         atomic_write_bytes(args.results, json.dumps(result.results, separators=(",", ":")).encode())
         log.info("wrote %d detections to %s", len(result.results), args.results)

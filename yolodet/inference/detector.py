@@ -105,8 +105,8 @@ class Detector:
         return torch.from_numpy(np.stack(arrays)).to(self.device), list(mappings)
 
     @torch.inference_mode()
-    def infer(self, batch: torch.Tensor, mappings: Sequence[Mapping] | None = None, *, conf_thres: float = CONF_THRES,
-              nms_thres: float = NMS_THRES, max_det: int | None = None) -> list[Detections]:
+    def infer(self, batch: torch.Tensor, mappings: Sequence[Mapping] | None = None, *,
+              conf_thres: float = CONF_THRES, nms_thres: float = NMS_THRES, max_det: int | None = None) -> list[Detections]:
         """A prepared batch [B, 3, h, w] -> detections (original pixels when ``mappings`` are given)."""
         check_thresholds(conf_thres, nms_thres)
         batch = batch.to(self.device, non_blocking=True)

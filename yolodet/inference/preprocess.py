@@ -1,6 +1,7 @@
 """Network-input preprocessing, with the mapping back to original pixels.
 
-Data flow: :func:`yolodet.data.images.read_image` -> RGB ``uint8[H, W, 3]`` -> ``preprocess`` -> ``float32[3, net_h, net_w]`` in [0, 1]
+Data flow: :func:`yolodet.data.images.read_image` -> RGB ``uint8[H, W, 3]`` -> ``preprocess`` ->
+``float32[3, net_h, net_w]`` in [0, 1]
 plus a :class:`Mapping` that sends boxes predicted in network-input pixels back to the original image.
 
 Modes (``PREPROCESS_MODES``):

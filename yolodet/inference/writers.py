@@ -106,11 +106,14 @@ class DetectionWriter:
         tmp.replace(final)
         return final
 
-    def close(self, settings: dict[str, Any]) -> Path:
-        """Finish every video and write ``detections.json`` (with ``settings`` as its ``model`` entry)."""
+    def close(self, settings: dict[str, Any], *, write_json: bool = True) -> Path:
+        """Finish every video and write ``detections.json`` (with ``settings`` as its ``model`` entry) unless
+        ``write_json`` is False (a rank of a sharded run that is not the one writing it)."""
         for key in list(self._videos):
             self.finish_video(key)
         path = self.out / "detections.json"
+        if not write_json:
+            return path
         atomic_write_bytes(path, json.dumps({"model": settings, "images": self.records, "failed": self.failed},
                                             indent=1).encode())
         return path

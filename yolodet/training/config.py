@@ -43,6 +43,7 @@ class TrainConfig:
         multi_scale: random sizes every 10 steps (None: on when a ``[yolo]`` has ``random=1``, as Darknet).
         mosaic, jitter, augment: augmentation (None: the cfg's); ``augment=False`` turns all of it off.
         cache: keep decoded training images in memory.
+        sync_bn: under torchrun on GPUs, BatchNorm statistics over the global mini-batch (SyncBatchNorm).
         amp, bf16, channels_last: fp16 autocast (None: on for CUDA), bf16 autocast on the CPU, memory format
             (None: channels-last on the CPU, where it is faster).
         seed: sample order, sizes, augmentation and initialisation all follow from it.
@@ -81,6 +82,7 @@ class TrainConfig:
     jitter: float | None = None
     augment: bool = True
     cache: bool = False
+    sync_bn: bool = False
     amp: bool | None = None
     bf16: bool = False
     channels_last: bool | None = None

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
 
 from yolodet.data import DatasetSource, load_dataset
 from yolodet.data.train_dataset import TrainBatchSampler, TrainDataset, collate_train, worker_init
 from yolodet.data.transforms import AugmentConfig
 from yolodet.device import resolve_device
+from yolodet.distributed import World, init_from_env
 from yolodet.errors import YolodetError
 from yolodet.evaluation import evaluate
 from yolodet.inference.detector import default_preprocess
@@ -122,6 +124,26 @@ def _schedule(config: TrainConfig, model: Darknet, steps_per_epoch: int) -> LrSc
     return schedule
 
 
+class RankBatches(Sampler[list]):
+    """This rank's part of every mini-batch of a :class:`TrainBatchSampler`: images ``rank::size`` of it, so that
+    the ranks together see exactly the one-process mini-batch (same images, sizes and augmentation seeds) and
+    DDP's gradient average equals the one-process gradient of the per-image mean loss. A final mini-batch with
+    fewer images than ranks is topped up with its own first images, so that no rank is left without a backward
+    pass (which would stall the others)."""
+
+    def __init__(self, sampler: TrainBatchSampler, world: World) -> None:
+        self.sampler, self.world = sampler, world
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for keys in self.sampler:
+            if self.world.size > 1 and len(keys) < self.world.size:
+                keys = (keys * self.world.size)[:self.world.size]
+            yield keys[self.world.rank::self.world.size]
+
+
 @dataclass
 class _Stop:
     """Why the loop should stop: Ctrl-C (or ``stop_after_steps``), or the time limit."""
@@ -148,9 +170,10 @@ class _Stop:
 
 def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src: DatasetSource,
          ckpt: dict | None) -> TrainSummary:
-    device = resolve_device(config.device)
+    world, device = init_from_env(resolve_device(config.device))
     out = Path(config.output or DEFAULT_OUTPUT)
-    out.mkdir(parents=True, exist_ok=True)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
     darknet_format = not has_backbone(model)
     net = model.net
     batch = config.batch_size or net.batch
@@ -167,9 +190,14 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
     aug = AugmentConfig.from_net(net, model.heads[0].jitter, jitter=config.jitter, mosaic=config.mosaic)
     if not config.augment:
         aug = AugmentConfig(letterbox=aug.letterbox)
+    if world.size > 1 and (batch // subdivisions) % world.size:
+        raise TrainError(f"the mini-batch of {batch // subdivisions} images (batch {batch} / subdivisions "
+                         f"{subdivisions}) does not split over {world.size} processes: make batch / subdivisions "
+                         f"a multiple of the world size")
     sampler = TrainBatchSampler(len(train_src.samples), batch // subdivisions, size=size, seed=config.seed,
                                 multiscale=multiscale, accumulate=subdivisions)
-    loader = DataLoader(TrainDataset(train_src, aug, cache=config.cache), batch_sampler=sampler,
+    loader = DataLoader(TrainDataset(train_src, aug, cache=config.cache),
+                        batch_sampler=RankBatches(sampler, world),
                         num_workers=config.workers, collate_fn=collate_train, pin_memory=device.type == "cuda",
                         persistent_workers=config.workers > 0, worker_init_fn=worker_init,
                         multiprocessing_context="spawn" if config.workers > 0 else None)  # see worker_init
@@ -178,8 +206,14 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
     momentum = config.momentum if config.momentum is not None else net.momentum
     decay = config.decay if config.decay is not None else net.decay
     channels_last = device.type == "cpu" if config.channels_last is None else config.channels_last
+    if config.sync_bn and world.size > 1:
+        if device.type != "cuda":
+            raise TrainError("sync_bn needs CUDA: torch's SyncBatchNorm runs on GPUs only")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     frozen = freeze_layers(model, config.freeze)
+    network = model if world.size == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, lr=schedule(0), momentum=momentum, decay=decay, adam=config.adam,
                                 betas=(momentum, 0.999))
     amp = device.type == "cuda" if config.amp is None else config.amp and device.type == "cuda"
@@ -193,8 +227,9 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
         state = RunState.from_dict(ckpt["run_state"])
         set_rng_state(ckpt["rng"])
         log.info("resuming %s at epoch %d, step %d", out / "last.pt", state.epoch, state.step)
-    log.info("%d train / %d val images, %d classes; batch %d = %d x %d, %d steps (%d epochs of %d), size %s%s, "
-             "lr %g, burn_in %d, steps %s; %s, %d parameters frozen; augment %s", len(train_src.samples),
+    log.info("%d process(es); %d train / %d val images, %d classes; batch %d = %d x %d, %d steps (%d epochs of %d), size %s%s, "
+             "lr %g, burn_in %d, steps %s; %s, %d parameters frozen; augment %s", world.size,
+             len(train_src.samples),
              len(val_src.samples), model.num_classes, batch, subdivisions, batch // subdivisions,
              schedule.max_batches, epochs, sampler.steps_per_epoch, size, " multi-scale" if multiscale else "",
              schedule.learning_rate, schedule.burn_in, list(schedule.steps), "Adam" if config.adam else "SGD",
@@ -213,6 +248,8 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
         return stop.requested or stop.time_up
 
     def save(path: Path) -> None:
+        if not world.main:  # one writer; the other ranks hold the same weights
+            return
         model.seen = state.step * batch
         save_checkpoint(model, path, optimizer=optimizer.state_dict(),
                         scaler=scaler.state_dict() if scaler is not None else None, run_state=state.to_dict(),
@@ -225,11 +262,11 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
             sampler.set_epoch(epoch, state.batch_in_epoch)
             set_train_mode(model, config.freeze)
             stop.epoch_start = time.perf_counter()
-            stats = train_one_epoch(model, loss_fn, optimizer, loader, schedule=schedule, state=state,
+            stats = train_one_epoch(network, loss_fn, optimizer, loader, schedule=schedule, state=state,
                                     accumulate=subdivisions, batches_per_epoch=sampler.batches_per_epoch,
                                     max_steps=schedule.max_batches, device=device, scaler=scaler,
                                     autocast_dtype=autocast, channels_last=channels_last, should_stop=should_stop,
-                                    progress=config.progress)
+                                    progress=config.progress and world.main)
             if stop.requested:
                 save(out / "last.pt")
                 log.warning("saved %s at epoch %d, step %d; continue with --resume --output %s", out / "last.pt",
@@ -257,10 +294,11 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
             if improved:
                 save(out / "best.pt")
                 summary.best = out / "best.pt"
-                if darknet_format:  # torchvision backbones exist only as checkpoints
+                if darknet_format and world.main:  # torchvision backbones exist only as checkpoints
                     save_darknet_weights(model, out / "best.weights")
-            write_csv(out / "results.csv", state.history)
-            if not math.isnan(row["ap50"]) or done or time.perf_counter() - stop.plotted > 60:
+            if world.main:
+                write_csv(out / "results.csv", state.history)
+            if world.main and (not math.isnan(row["ap50"]) or done or time.perf_counter() - stop.plotted > 60):
                 plot_history(out / "results.png", state.history)  # ~0.3 s: not after every tiny epoch
                 stop.plotted = time.perf_counter()
             log.info("epoch %d/%d step %d/%d: %s lr %.2e, %.1f img/s | val AP %.4f AP50 %.4f (best AP50 %.4f)",
@@ -275,7 +313,7 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
                 break
     finally:
         stop.uninstall()
-    if darknet_format and not summary.interrupted:
+    if darknet_format and not summary.interrupted and world.main:
         save_darknet_weights(model, out / "final.weights")
         summary.weights.append(out / "final.weights")
     if darknet_format and summary.best is not None:
