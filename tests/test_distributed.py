@@ -158,3 +158,46 @@ def test_sharded_detect_writes_the_one_process_json(tmp_path: Path) -> None:
     a = json.loads((tmp_path / "one" / "detections.json").read_text())
     b = json.loads((tmp_path / "two" / "detections.json").read_text())
     assert a["images"] == b["images"] and [r["file"] for r in b["images"]] == list(map(str, images))
+
+
+def test_resume_with_another_world_size(plain_cfg: Path, tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "data", n=8)
+    one = _single(_train_args(plain_cfg, data, tmp_path / "one", steps=4))
+    assert one.returncode == 0, one.stderr
+    first = _torchrun(2, [*_train_args(plain_cfg, data, tmp_path / "two", steps=4), "--stop-after-steps", "2"])
+    assert first.returncode != 0 and load_checkpoint(tmp_path / "two" / "last.pt")["run_state"]["step"] == 2
+    resumed = _single(["train", "--resume", "--output", str(tmp_path / "two"), "--workers", "0", "--device", "cpu",
+                       "--threads", "1", "--no-progress", "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_weights(_weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt"))
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_and_resume_continues(plain_cfg: Path, tmp_path: Path) -> None:
+    """SIGKILL one of two ranks mid-run: torchrun ends the whole run (no hang) and names the dead rank; the last
+    complete last.pt loads with weights_only=True and --resume finishes the run in one process."""
+    import signal
+    import time
+
+    data = make_shapes_dataset(tmp_path / "data", n=8)
+    run = _torchrun(2, _train_args(plain_cfg, data, tmp_path / "run", steps=400), background=True)
+    last = tmp_path / "run" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.5)
+    assert last.exists(), run.stderr.read() if run.poll() is not None else "no checkpoint in 300 s"
+    children = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout.split()
+    workers = [int(c) for c in children]
+    assert len(workers) == 2, children
+    killed = time.monotonic()
+    os.kill(workers[1], signal.SIGKILL)
+    code = run.wait(timeout=120)
+    waited = time.monotonic() - killed
+    err = run.stderr.read()
+    assert code != 0 and waited < 120
+    assert "exitcode" in err and "-9" in err  # torchrun's summary: the rank and the signal that ended it
+    step = load_checkpoint(last)["run_state"]["step"]
+    resumed = _single(["train", "--resume", "--output", str(tmp_path / "run"), "--stop-after-steps", str(step + 2),
+                       "--workers", "0", "--device", "cpu", "--threads", "1", "--no-progress", "--quiet"])
+    assert resumed.returncode == 130, resumed.stderr  # continued, then stopped as asked, with last.pt saved
+    assert load_checkpoint(last)["run_state"]["step"] == step + 2

@@ -35,6 +35,9 @@ def resolve_device(spec: str | int | torch.device | None = DEFAULT_DEVICE) -> to
         text = str(spec)
     else:
         text = DEFAULT_DEVICE if spec is None else str(spec).strip().lower()
+    if "," in text:
+        raise DeviceError(f"device {spec!r}: one process runs on one device; for several GPUs start one process "
+                          f"per GPU with `torchrun --nproc-per-node N -m yolodet ...` (see README, Scaling out)")
     if not _SPEC.match(text):
         raise DeviceError(f"device {spec!r} is not one of: auto, cpu, cuda, cuda:N, N (a GPU index)")
     if text == "auto":

@@ -30,7 +30,7 @@ from yolodet.data import DatasetSource, load_dataset
 from yolodet.data.train_dataset import TrainBatchSampler, TrainDataset, collate_train, worker_init
 from yolodet.data.transforms import AugmentConfig
 from yolodet.device import resolve_device
-from yolodet.distributed import World, init_from_env
+from yolodet.distributed import World, all_gather, init_from_env
 from yolodet.errors import YolodetError
 from yolodet.evaluation import evaluate
 from yolodet.inference.detector import default_preprocess
@@ -122,6 +122,17 @@ def _schedule(config: TrainConfig, model: Darknet, steps_per_epoch: int) -> LrSc
         scales = tuple(config.scales or [0.1] * len(config.steps))
         schedule = replace(schedule, policy="steps", steps=tuple(config.steps), scales=scales)
     return schedule
+
+
+def _mean_over_ranks(stats: dict[str, float], world: World) -> dict[str, float]:
+    """An epoch's loss parts averaged over the ranks (equal shares: the one-process means) and the throughput
+    summed, so that results.csv describes the whole run."""
+    if world.size == 1:
+        return stats
+    parts = all_gather(stats, world)
+    merged = {k: sum(p[k] for p in parts) / world.size for k in LOSS_PARTS}
+    return {**stats, **merged, "images": sum(p["images"] for p in parts),
+            "img_per_s": sum(p["img_per_s"] for p in parts)}
 
 
 class RankBatches(Sampler[list]):
@@ -267,6 +278,7 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
                                     max_steps=schedule.max_batches, device=device, scaler=scaler,
                                     autocast_dtype=autocast, channels_last=channels_last, should_stop=should_stop,
                                     progress=config.progress and world.main)
+            stats = _mean_over_ranks(stats, world)
             if stop.requested:
                 save(out / "last.pt")
                 log.warning("saved %s at epoch %d, step %d; continue with --resume --output %s", out / "last.pt",
