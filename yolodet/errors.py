@@ -8,8 +8,12 @@ with a hint to re-run with ``--debug``.
 
 from __future__ import annotations
 
-__all__ = ["YolodetError"]
+__all__ = ["SettingError", "YolodetError"]
 
 
 class YolodetError(Exception):
     """Bad input, explained in the message (never a bug in yolodet)."""
+
+
+class SettingError(YolodetError, ValueError):
+    """A setting or argument out of its range (a count below 1, an unknown name, a size that does not fit)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from yolodet.cfg import CfgBlock, CfgError, parse_cfg_text
+from yolodet.errors import SettingError
 
 __all__ = ["finetune_cfg", "format_anchors", "set_classes"]
 
@@ -65,7 +66,7 @@ def set_classes(text: str, classes: int, *, anchors: Sequence[Sequence[float]] |
         CfgError: no ``[yolo]`` sections, a ``[yolo]`` not preceded by its conv, or the wrong anchor count.
     """
     if classes < 1:
-        raise ValueError(f"classes must be >= 1, got {classes}")
+        raise SettingError(f"classes must be >= 1, got {classes}")
     blocks = parse_cfg_text(text, path)
     editor = _Editor(text)
     for yolo, conv in _heads(blocks):
@@ -108,6 +109,6 @@ def finetune_cfg(text: str, classes: int, *, anchors: Sequence[Sequence[float]] 
     for key, value in (("width", width), ("height", height)):
         if value is not None:
             if value % 32:
-                raise ValueError(f"{key} must be a multiple of 32, got {value}")
+                raise SettingError(f"{key} must be a multiple of 32, got {value}")
             editor.set(net, key, str(value))
     return editor.text()

@@ -21,7 +21,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from yolodet.errors import YolodetError
+from yolodet.errors import SettingError, YolodetError
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,6 @@ def image_reader(decoder: str) -> Callable[[str | os.PathLike], np.ndarray]:
         return read_image_stb
     if decoder == "opencv":
         return read_image
-    raise ValueError(f"unknown image decoder {decoder!r}; known: {', '.join(IMAGE_DECODERS)}")
+    raise SettingError(f"unknown image decoder {decoder!r}; known: {', '.join(IMAGE_DECODERS)}")
 
 

@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import functional as F
 from yolodet.data.sample import DatasetSource
 from yolodet.data.transforms import FILL, AugmentConfig, build_transform
 from yolodet.data.images import ImageReadError, read_image
+from yolodet.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class TrainBatchSampler(Sampler[list[Key]]):
     def __init__(self, num_samples: int, batch_size: int, *, size: tuple[int, int], seed: int = 0,
                  multiscale: float = 0.0, accumulate: int = 1) -> None:
         if num_samples < 1 or batch_size < 1 or accumulate < 1:
-            raise ValueError(f"need num_samples, batch_size, accumulate >= 1; got {num_samples}, {batch_size}, "
+            raise SettingError(f"need num_samples, batch_size, accumulate >= 1; got {num_samples}, {batch_size}, "
                              f"{accumulate}")
         self.num_samples, self.batch_size, self.size, self.seed = num_samples, batch_size, size, seed
         self.factor = 1.4 if multiscale == 1 else float(multiscale)

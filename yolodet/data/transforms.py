@@ -32,6 +32,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from yolodet.cfg.net import NetConfig
+from yolodet.errors import SettingError
 
 __all__ = ["AugmentConfig", "DarknetJitter", "RandomHSV", "build_transform", "rand_scale"]
 
@@ -77,7 +78,7 @@ class AugmentConfig:
                       flip=net.flip, letterbox=net.letter_box, mosaic=net.mosaic)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not 0 <= values["jitter"] < 0.5:
-            raise ValueError(f"jitter must be in [0, 0.5), got {values['jitter']}")
+            raise SettingError(f"jitter must be in [0, 0.5), got {values['jitter']}")
         return cls(**values)
 
 

@@ -28,6 +28,7 @@ from yolodet.inference.loader import InferenceDataset, default_workers, inferenc
 from yolodet.inference.postprocess import Detections
 from yolodet.inference.settings import CONF_THRES, NMS_THRES, check_thresholds
 from yolodet.inference.sources import LiveCapture, MediaInput, SourceError, expand_sources, iter_video_frames
+from yolodet.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def predict_inputs(detector: Detector, inputs: Iterable[MediaInput], *, conf_thr
     """
     check_thresholds(conf_thres, nms_thres)
     if batch_size < 1 or (workers is not None and workers < 0) or (max_frames is not None and max_frames < 1):
-        raise ValueError("batch_size and max_frames must be >= 1 and workers >= 0")
+        raise SettingError("batch_size and max_frames must be >= 1 and workers >= 0")
     inputs = list(inputs)
     settings = dict(conf_thres=conf_thres, nms_thres=nms_thres)
     images = [i for i in inputs if i.kind == "image"]

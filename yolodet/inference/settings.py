@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Sequence
 
-from yolodet.errors import YolodetError
+from yolodet.errors import SettingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from yolodet.modeling.model import Darknet
@@ -24,7 +24,7 @@ NMS_THRES = 0.45
 """Per-class NMS IoU threshold of Darknet's ``detector test`` and ``valid``."""
 
 
-class SettingsError(YolodetError, ValueError):
+class SettingsError(SettingError):
     """An input size or threshold out of its range."""
 
 

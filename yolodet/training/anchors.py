@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from yolodet.data.sample import DatasetSource
+from yolodet.errors import SettingError
 
 __all__ = ["box_sizes", "kmeans_anchors", "mean_best_iou", "wh_iou"]
 
@@ -22,7 +23,7 @@ def box_sizes(source: DatasetSource, width: int, height: int) -> np.ndarray:
     """``float64[N, 2]`` (w, h) of every box of ``source`` in network pixels (``width`` x ``height``)."""
     boxes = [s.boxes for s in source.samples if len(s.boxes)]
     if not boxes:
-        raise ValueError("the dataset has no boxes to compute anchors from")
+        raise SettingError("the dataset has no boxes to compute anchors from")
     b = np.concatenate(boxes).astype(np.float64)
     return np.stack(((b[:, 2] - b[:, 0]) * width, (b[:, 3] - b[:, 1]) * height), 1)
 
@@ -48,7 +49,7 @@ def kmeans_anchors(wh: np.ndarray, k: int, *, iterations: int = 300, seed: int =
     if wh.ndim != 2 or wh.shape[1] != 2 or len(wh) == 0:
         raise ValueError(f"expected box sizes [N, 2], got shape {wh.shape}")
     if not 1 <= k <= len(wh):
-        raise ValueError(f"need 1 <= k <= number of boxes ({len(wh)}), got k={k}")
+        raise SettingError(f"need 1 <= k <= number of boxes ({len(wh)}), got k={k}")
     rng = np.random.default_rng(seed)
     centers = wh[[rng.integers(len(wh))]]
     while len(centers) < k:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from yolodet.cfg.net import LR_POLICIES, NetConfig
+from yolodet.errors import SettingError
 
 POLICIES = LR_POLICIES
 
@@ -49,13 +50,13 @@ class LrSchedule:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ValueError(f"unknown lr policy {self.policy!r}; supported: {', '.join(POLICIES)}")
+            raise SettingError(f"unknown lr policy {self.policy!r}; supported: {', '.join(POLICIES)}")
         if len(self.steps) != len(self.scales):
-            raise ValueError(f"steps has {len(self.steps)} entries but scales has {len(self.scales)}")
+            raise SettingError(f"steps has {len(self.steps)} entries but scales has {len(self.scales)}")
         if list(self.steps) != sorted(self.steps):
-            raise ValueError(f"steps must be increasing, got {list(self.steps)}")
+            raise SettingError(f"steps must be increasing, got {list(self.steps)}")
         if self.learning_rate < 0 or self.max_batches < 1 or self.burn_in < 0:
-            raise ValueError(f"need learning_rate >= 0, max_batches >= 1, burn_in >= 0; got {self.learning_rate}, "
+            raise SettingError(f"need learning_rate >= 0, max_batches >= 1, burn_in >= 0; got {self.learning_rate}, "
                              f"{self.max_batches}, {self.burn_in}")
 
     def __call__(self, step: int) -> float:
