@@ -89,6 +89,9 @@ def apply_threads(threads: int | None) -> None:
     problem = threads_problem(threads)
     if problem:
         raise OptionError(problem)
+    from yolodet.inference.settings import check_workers
+
+    check_workers(threads, "--threads")
     if threads:
         import torch
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from yolodet.data.images import ImageReadError, default_decoder, image_reader
 from yolodet.inference.preprocess import Mapping, preprocess
+from yolodet.inference.settings import check_workers
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def inference_loader(dataset: InferenceDataset, *, batch_size: int = 8, workers:
     OpenCV or torch already ran multi-threaded can deadlock on a lock held by a thread that no longer exists (seen
     in training; the training loader does the same).
     """
+    check_workers(workers)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:

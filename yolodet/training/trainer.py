@@ -34,7 +34,7 @@ from yolodet.distributed import World, all_gather, init_from_env
 from yolodet.errors import YolodetError
 from yolodet.evaluation import evaluate
 from yolodet.inference.detector import default_preprocess
-from yolodet.inference.settings import check_thresholds, parse_size
+from yolodet.inference.settings import check_thresholds, check_workers, parse_size
 from yolodet.modeling.blocks.backbone import has_backbone
 from yolodet.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from yolodet.modeling.model import Darknet
@@ -191,8 +191,9 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
     subdivisions = min(config.subdivisions or net.subdivisions, batch)
     if batch < 1 or subdivisions < 1 or batch % subdivisions:
         raise TrainError(f"batch {batch} must be a positive multiple of subdivisions {subdivisions}")
-    if config.workers < 0 or config.freeze < 0 or config.eval_interval < 0:
-        raise TrainError("workers, freeze and eval_interval must be >= 0")
+    check_workers(config.workers)
+    if config.freeze < 0 or config.eval_interval < 0:
+        raise TrainError("freeze and eval_interval must be >= 0")
     size = parse_size(config.img_size, model)
     val_size = parse_size(config.val_img_size, model) if config.val_img_size else size
     multiscale = max(h.random for h in model.heads)  # Darknet: random=1 means a factor of 1.4
