@@ -188,8 +188,11 @@ def test_end2end_boxes_equal_detector_on_coco128(tiny_detector, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("mode", ["darknet-resize", pytest.param("darknet-letterbox", marks=pytest.mark.slow)])
-def test_end2end_coco128_ap_matches_native(tiny_detector, mode: str, tmp_path: Path) -> None:
+def test_coco128_ap_of_end2end_graph_and_ort_backend_match_native(tiny_detector, mode: str, tmp_path: Path) -> None:
+    """The end-to-end graph through ORT, scored by yolodet's pycocotools path, and ``backend="onnxruntime"``
+    through ``evaluate``: the same coco128 AP as native, within 0.0005."""
     from yolodet.evaluation import evaluate
+    from yolodet.inference.detector import Detector
     from yolodet.evaluation.coco import category_mapping, coco_evaluate, detections_to_coco
     k = 2000
     session = _session(to_onnx(tiny_detector.model, tmp_path / "e2e.onnx", dynamic=True, end2end=True,
@@ -205,4 +208,13 @@ def test_end2end_coco128_ap_matches_native(tiny_detector, mode: str, tmp_path: P
     ap = coco_evaluate(gt, results, image_ids=[int(s.image_id) for s in source.samples]).stats[0]
     native = evaluate(tiny_detector, source, preprocess=mode, conf_thres=0.005, nms_thres=0.45, gt=gt,
                       decoder="stb", workers=2, progress=False)
+    backend = Detector(tiny_detector.model, img_size=416, backend="onnxruntime")
+    ours = evaluate(backend, source, preprocess=mode, conf_thres=0.005, nms_thres=0.45, gt=gt, decoder="stb",
+                    workers=2, progress=False)
+    print(f"{mode}: AP native {native.ap:.5f}, end2end graph {ap:.5f}, ORT backend {ours.ap:.5f}; "
+          f"{len(native.results)} / {len(results)} / {len(ours.results)} detections")
     assert abs(ap - native.ap) <= 5e-4, f"{mode}: end-to-end ONNX AP {ap:.5f}, native {native.ap:.5f}"
+    assert abs(ours.ap - native.ap) <= 5e-4 and abs(ours.ap50 - native.ap50) <= 5e-4, (
+        f"{mode}: onnxruntime backend AP {ours.ap:.5f} AP50 {ours.ap50:.5f}, native {native.ap:.5f} "
+        f"{native.ap50:.5f}")
+    assert 0.13 < native.ap < 0.16  # the Darknet numbers (test_eval_coco128.py): a real model on real data

@@ -1,5 +1,6 @@
 """``Detector(..., backend="onnxruntime")`` (:mod:`yolodet.inference.ort`): the network runs as an ONNX graph in
-ONNX Runtime, everything else is yolodet's; its outputs, detections and coco128 AP equal the native path's.
+ONNX Runtime, everything else is yolodet's; its outputs and detections equal the native path's (its coco128 AP
+is checked in ``test_export.py``, next to the end-to-end graph's, against one native evaluation).
 
 Skipped without onnxruntime (``pip install yolodet[onnx]``) or ``../shared``; the missing-package error is
 tested either way.
@@ -8,12 +9,11 @@ tested either way.
 from __future__ import annotations
 
 import builtins
-import json
 
 import pytest
 import torch
 
-from conftest import COCO128, OFFICIAL_TINY, ROOT, SHARED, need_shared, randomize
+from conftest import ROOT, randomize
 from yolodet.inference.detector import Detector
 from yolodet.inference.onnx_graph import OnnxUnavailableError
 from yolodet.modeling.model import Darknet
@@ -46,6 +46,9 @@ def test_unknown_backend_and_reduced_precision_are_refused() -> None:
 def test_backend_outputs_and_detections_equal_native() -> None:
     pytest.importorskip("onnxruntime")
     model = randomize(Darknet.from_cfg(ROOT / "cfg" / "yolo-v4-tiny.cfg")).eval()
+    with torch.no_grad():  # spread-out scores, as with trained weights (random ones are all near 0.5: near-ties)
+        for head in model.heads:
+            model.layers[head.layer - 1].conv.weight.mul_(30.0)
     native = Detector(model, optimize=False)
     onnx_det = Detector(model, backend="onnxruntime")
     x = torch.rand(2, 3, 416, 416, generator=torch.Generator().manual_seed(1))
@@ -56,34 +59,18 @@ def test_backend_outputs_and_detections_equal_native() -> None:
     for g, r in zip(got, ref):
         assert g.dtype == torch.float32 and g.shape == r.shape
         assert ((g - r).abs().max() / r.abs().max()).item() <= 1e-4
-    a = native.infer(x, conf_thres=0.3)
-    b = onnx_det.infer(x, conf_thres=0.3)
-    assert sum(len(d) for d in a) > 0
+    preds = native.decoder(list(ref), (416, 416))
+    conf = float((preds[..., 4:5] * preds[..., 5:]).flatten().topk(400).values[-1])  # ~200 candidates an image
+    a = native.infer(x, conf_thres=conf)
+    b = onnx_det.infer(x, conf_thres=conf)
+    assert 20 < sum(len(d) for d in a) <= 400
     for da, db in zip(a, b):
         assert len(da) == len(db)
-        torch.testing.assert_close(db.boxes, da.boxes, atol=1e-3, rtol=0)
+        torch.testing.assert_close(db.boxes, da.boxes, atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(db.scores, da.scores, atol=1e-5, rtol=0)
+        assert torch.equal(db.labels, da.labels)
     runner = onnx_det.optimized
     with torch.no_grad():  # new weights: the session is rebuilt
         model.layers[0].conv.weight.mul_(0.5)
     onnx_det.infer(x)
     assert onnx_det.optimized is not runner
-
-
-@pytest.mark.parametrize("mode", ["darknet-resize", pytest.param("darknet-letterbox", marks=pytest.mark.slow)])
-def test_backend_coco128_ap_equals_native(mode: str) -> None:
-    pytest.importorskip("onnxruntime")
-    from yolodet.data import read_coco
-    from yolodet.evaluation import evaluate
-    ann = need_shared(COCO128 / "annotations" / "instances.json")
-    cfg = need_shared(SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg")
-    gt = json.loads(ann.read_text())
-    source = read_coco(ann)
-    results = {}
-    for backend in ("torch", "onnxruntime"):
-        detector = Detector.from_cfg(cfg, need_shared(OFFICIAL_TINY), img_size=416, backend=backend)
-        results[backend] = evaluate(detector, source, preprocess=mode, conf_thres=0.005, nms_thres=0.45, gt=gt,
-                                    decoder="stb", workers=2, progress=False)
-    native, ours = results["torch"], results["onnxruntime"]
-    assert abs(ours.ap - native.ap) <= 5e-4 and abs(ours.ap50 - native.ap50) <= 5e-4, (
-        f"{mode}: onnxruntime AP {ours.ap:.5f} AP50 {ours.ap50:.5f}, native {native.ap:.5f} {native.ap50:.5f}")
-    assert abs(len(ours.results) - len(native.results)) <= len(native.results) * 1e-3
