@@ -218,3 +218,23 @@ def test_coco128_ap_of_end2end_graph_and_ort_backend_match_native(tiny_detector,
         f"{mode}: onnxruntime backend AP {ours.ap:.5f} AP50 {ours.ap50:.5f}, native {native.ap:.5f} "
         f"{native.ap50:.5f}")
     assert 0.13 < native.ap < 0.16  # the Darknet numbers (test_eval_coco128.py): a real model on real data
+
+
+def test_cli_export_module(tmp_path: Path, capsys) -> None:
+    import argparse
+
+    from yolodet.cli import export as cli_export
+    parser = argparse.ArgumentParser()
+    cli_export.add_arguments(parser)
+    cfg, weights = ROOT / "cfg" / "yolo-v3-tiny.cfg", need_shared(OFFICIAL_TINY)
+    out = tmp_path / "tiny.onnx"
+    args = parser.parse_args(["--cfg", str(cfg), "--weights", str(weights), "--img-size", "320", "256", "--end2end",
+                              "--max-det", "20", "--output", str(out)])
+    assert cli_export.run(args) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    model = onnx.load(str(out))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 256, 320]
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, 20, 4]
+    with pytest.raises(ExportError, match="--conf-thres only apply with --end2end"):
+        cli_export.run(parser.parse_args(["--cfg", str(cfg), "--weights", str(weights), "--conf-thres", "0.1"]))
+    assert isinstance(cli_export.HELP, str) and "\n" not in cli_export.HELP

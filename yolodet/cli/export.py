@@ -7,6 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Iterator
 
 HELP = "write a model as an ONNX file (raw head outputs, or --end2end with NMS in the graph)"
 FORMATS = ("onnx",)
@@ -50,8 +55,25 @@ def run(args: argparse.Namespace) -> int:
         Path(args.weights).stem + ("-end2end" if args.end2end else "") + ".onnx")
     model = load_model(args.cfg, args.weights)
     opset = args.opset if args.opset is not None else DEFAULT_OPSET
-    path = to_onnx(model, output, img_size=size, dynamic=args.dynamic, half=args.half, end2end=args.end2end,
-                   conf_thres=args.conf_thres, nms_thres=args.nms_thres, max_det=args.max_det, opset=opset)
+    with _exporter_log_dropped():
+        path = to_onnx(model, output, img_size=size, dynamic=args.dynamic, half=args.half, end2end=args.end2end,
+                       conf_thres=args.conf_thres, nms_thres=args.nms_thres, max_det=args.max_det, opset=opset)
     print(f"wrote {path} (ONNX opset {opset}{', end2end' if args.end2end else ''}"
           f"{', dynamic' if args.dynamic else ''}{', fp16' if args.half else ''})")
     return 0
+
+
+@contextlib.contextmanager
+def _exporter_log_dropped() -> Iterator[None]:
+    """Drop what torch's C++ ONNX exporter writes to the process's stdout (on a failure it dumps the whole
+    TorchScript graph there, ~100 lines, before the error is raised; yolodet's ExportError says what matters)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
