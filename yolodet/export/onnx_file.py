@@ -85,6 +85,8 @@ def to_onnx(model: Darknet, path: str | os.PathLike, *, img_size: int | Sequence
         settings["outputs"] = ", ".join(output_names(model)) + " raw head outputs [B, A*(5+C), H_i, W_i]"
         export_raw_onnx(model, buf, img_size=(w, h), dynamic=dynamic, half=half, opset=opset)
     proto = onnx.load_from_string(buf.getvalue())
+    if end2end:
+        _name_end2end_shapes(proto, "batch" if dynamic else 1, k)
     for key, value in settings.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = f"yolodet.{key}", value
@@ -114,6 +116,21 @@ def _end2end_settings(model: Darknet, conf: float | None, nms: float | None, k: 
     if k < 1:
         raise ExportError(f"max_det must be >= 1, got {k}")
     return conf, nms, k
+
+
+def _name_end2end_shapes(proto, batch: int | str, k: int) -> None:
+    """Write the end-to-end outputs' shapes into the graph (the tracer leaves B and K unknown behind the NMS):
+    boxes [B, K, 4], scores/labels [B, K], num [B]."""
+    shapes = {"boxes": (batch, k, 4), "scores": (batch, k), "labels": (batch, k), "num": (batch,)}
+    for output in proto.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for value in shapes[output.name]:
+            dim = dims.add()
+            if isinstance(value, str):
+                dim.dim_param = value
+            else:
+                dim.dim_value = value
 
 
 def _export_end2end(model: Darknet, f, size: tuple[int, int], *, dynamic: bool, half: bool, conf: float,
