@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Inference speed of yolodet against OpenCV DNN (and the ``pytorchyolo`` package when installed), as a markdown
-table for the README.
+"""Inference speed of yolodet against ONNX Runtime, OpenVINO and OpenCV DNN (and the ``pytorchyolo`` package when
+installed), as markdown tables for the README.
 
     python bench/bench_infer.py                  # yolo-v3-tiny + yolo-v3 at 416, batch 1 and 8, 2 threads
 
@@ -14,6 +14,18 @@ timed in turn, one forward each per round, so load from other processes hits all
 get ``--threads`` threads; torch's OpenMP threads spin only briefly before sleeping (``OMP_WAIT_POLICY=PASSIVE``,
 ``GOMP_SPINCOUNT=10000``, set before torch loads as ``tools/detect.py`` does: :mod:`yolodet.openmp`), so they do
 not spin on the cores OpenCV is using.
+
+ONNX Runtime and OpenVINO (each when installed: ``pip install yolodet[onnx] openvino``) run the graph that
+``yolodet.export.to_onnx`` writes (raw head outputs, fp32, dynamic axes; OpenVINO reshapes it to the timed
+batch and size); ORT has no bf16 convolutions on the CPU, so its fast-mode cell repeats fp32, while OpenVINO's
+fast mode is ``INFERENCE_PRECISION_HINT=bf16`` when yolodet's is bf16 (f32 is forced in the fp32 row: OpenVINO
+would pick bf16 by itself on CPUs with AVX-512 BF16 / AMX). The ratio columns are peer ms / yolodet ms (above 1:
+yolodet is faster).
+
+The end-to-end table times, in the same interleaved rounds, one RGB uint8 image in and its boxes out (original
+pixels): yolodet's ``Detector.predict`` on the torch backend and on the ONNX Runtime backend, and the
+``--end2end`` ONNX graph (network + decode + NMS in the graph) run by ORT and by OpenVINO after yolodet's own
+preprocessing, with the boxes mapped back.
 
 The last table times ``tools/detect.py`` end to end on the bundled sample image (process start to exit: imports,
 cfg, weights, optimisation, preprocessing, forward, NMS, drawing and writing the outputs).
@@ -41,6 +53,17 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _onnx_peers import (  # noqa: E402  (bench/, next to this script)
+    cpu_flags,
+    installed,
+    openvino_peer,
+    openvino_version,
+    ort_peer,
+    ort_version,
+)
+from yolodet.data.images import read_image  # noqa: E402
+from yolodet.inference.detector import Detector  # noqa: E402
+from yolodet.inference.preprocess import preprocess  # noqa: E402
 from yolodet.modeling.blocks.conv import ConvBlock  # noqa: E402
 from yolodet.modeling.model import Darknet  # noqa: E402
 from yolodet.inference.optimize import cpu_has_native_bf16, optimize_for_inference, resolve_precision  # noqa: E402
@@ -65,7 +88,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the fast mode timed next to fp32 (default: half = the device's fast mode; bf16 forces "
                         "bf16 even where it is emulated)")
     p.add_argument("--e2e-runs", type=int, default=5, help="tools/detect.py runs per model (0: skip)")
-    p.add_argument("--no-opencv", action="store_true", help="time yolodet only")
+    p.add_argument("--no-opencv", action="store_true", help="leave OpenCV DNN out")
+    p.add_argument("--no-onnxruntime", action="store_true", help="leave ONNX Runtime out")
+    p.add_argument("--no-openvino", action="store_true", help="leave OpenVINO out")
+    p.add_argument("--no-image-rows", action="store_true", help="skip the image-in, boxes-out table")
     return p
 
 
@@ -183,13 +209,34 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def onnx_files(model: Darknet, tmp: Path, name: str) -> tuple[Path, Path]:
+    """The raw-head and the end-to-end ONNX graphs of ``model`` (dynamic axes), as ``yolodet export`` writes
+    them."""
+    from yolodet.export import to_onnx
+    raw = to_onnx(model, tmp / f"{name}.onnx", dynamic=True)
+    e2e = to_onnx(model, tmp / f"{name}-end2end.onnx", dynamic=True, end2end=True, conf_thres=0.25,
+                  nms_thres=0.45, max_det=100)
+    return raw, e2e
+
+
+def graph_boxes(run, image: np.ndarray, size: int, mode: str) -> torch.Tensor:
+    """Image in, boxes out through an end-to-end graph: yolodet's preprocessing, the graph, the mapping back."""
+    blob, mapping = preprocess(image, (size, size), mode)
+    boxes, _, _, num = run(blob[None])
+    return mapping.to_original(torch.from_numpy(np.asarray(boxes)[0, :int(np.asarray(num)[0])]))
+
+
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     fast = resolve_precision(args.fast, "cpu")
     fast_label = f"fast ({fast})" + ("" if fast != "fp32" or args.fast != "half" else ": no native bf16 on this CPU")
+    use_ort = not args.no_onnxruntime and installed("onnxruntime") and installed("onnx")
+    use_ov = not args.no_openvino and installed("openvino") and installed("onnx")
+    ov_fast = "bf16" if fast == "bf16" else "f32"
     load_before = os.getloadavg()
-    rows, e2e_rows, notes = [], [], []
+    rows, image_rows, e2e_rows, notes = [], [], [], []
+    image = read_image(SAMPLE)
     with tempfile.TemporaryDirectory() as tmp:
         for cfg in map(Path, args.cfgs):
             weights, origin = weights_file(cfg, Path(tmp))
@@ -200,27 +247,45 @@ def main(args: argparse.Namespace) -> int:
             fastm = fp32 if fast == "fp32" else optimize_for_inference(model, precision=fast, device="cpu")
             cv = None if args.no_opencv else opencv_peer(cfg, weights, model)
             pty = pytorchyolo_peer(cfg, weights, notes)
+            raw_onnx, e2e_onnx = onnx_files(model, Path(tmp), cfg.stem) if use_ort or use_ov else (None, None)
+            ort_run = ort_peer(raw_onnx, args.threads) if use_ort else None
             for batch in args.batches:
                 blob = np.random.default_rng(0).random((batch, 3, args.img_size, args.img_size), dtype=np.float32)
                 x = torch.from_numpy(blob)
+                shape = blob.shape
+                ov32 = openvino_peer(raw_onnx, shape, args.threads, "f32") if use_ov else None
+                ovf = openvino_peer(raw_onnx, shape, args.threads, ov_fast) if use_ov and ov_fast != "f32" else ov32
                 peers: dict[str, Callable[[], object]] = {"fp32": lambda: fp32(x)}
                 if fastm is not fp32:
                     peers["fast"] = lambda: fastm(x)
+                if ort_run is not None:
+                    peers["ort"] = lambda: ort_run(blob)
+                if ov32 is not None:
+                    peers["ov"] = lambda: ov32(blob)
+                if ovf is not ov32:
+                    peers["ov_fast"] = lambda: ovf(blob)
                 if cv is not None:
                     peers["opencv"] = lambda: cv(blob)
                 if pty is not None:
                     peers["pytorchyolo"] = lambda: pty(blob)
                 ref = fp32(x)
-                if cv is not None:
-                    notes.append(f"{cfg.stem} batch {batch}: yolodet fp32 vs OpenCV raw outputs differ by "
-                                 f"{max_rel_diff(ref, cv(blob)):.1e} (max abs / max)")
+                for key, label, fn in (("opencv", "OpenCV", cv), ("ort", "ONNX Runtime", ort_run),
+                                       ("ov", "OpenVINO f32", ov32), ("ov_fast", f"OpenVINO {ov_fast}", ovf)):
+                    if key in peers:
+                        notes.append(f"{cfg.stem} batch {batch}: yolodet fp32 vs {label} raw outputs differ by "
+                                     f"{max_rel_diff(ref, fn(blob)):.1e} (max abs / max)")
                 if fastm is not fp32:
                     notes.append(f"{cfg.stem} batch {batch}: {fast} vs fp32 outputs differ by "
                                  f"{max_rel_diff(fastm(x), ref):.1e}")
                 med = time_interleaved(peers, args.seconds, args.min_rounds)
                 ms = {k: v * 1000 / batch for k, v in med.items()}
-                for mode, key in (("fp32", "fp32"), (fast_label, "fast" if "fast" in ms else "fp32")):
-                    rows.append((cfg.stem, origin, batch, mode, ms[key], ms.get("opencv"), ms.get("pytorchyolo")))
+                for mode, key, ov_key in (("fp32", "fp32", "ov"),
+                                          (fast_label, "fast" if "fast" in ms else "fp32",
+                                           "ov_fast" if "ov_fast" in ms else "ov")):
+                    rows.append((cfg.stem, origin, batch, mode, ms[key], ms.get("ort"), ms.get(ov_key),
+                                 ms.get("opencv"), ms.get("pytorchyolo")))
+            if not args.no_image_rows:
+                image_rows.extend(image_in_boxes_out(cfg.stem, model, e2e_onnx, image, args, use_ort, use_ov, notes))
             if args.e2e_runs > 0:
                 e2e_rows.append((cfg.stem, "fp32", e2e_seconds(cfg, weights, [], args.e2e_runs, args.threads)))
                 if fast != "fp32":
@@ -228,19 +293,29 @@ def main(args: argparse.Namespace) -> int:
                                                                  args.e2e_runs, args.threads)))
     load_after = os.getloadavg()
 
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical), native bf16: {cpu_has_native_bf16()}, torch "
-          f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), OpenCV {cv2.__version__}; "
-          f"{args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
-          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; input "
-          f"{args.img_size}x{args.img_size}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical), torch {torch.__version__} "
+          f"({torch.backends.cpu.get_cpu_capability()}), ONNX Runtime {ort_version()}, OpenVINO "
+          f"{openvino_version()}, OpenCV {cv2.__version__}; {args.threads} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; "
+          f"input {args.img_size}x{args.img_size}; load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after")
+    print(f"CPU flags: {cpu_flags()}; native bf16 (oneDNN): {cpu_has_native_bf16()}; yolodet fast mode "
+          f"(--fast {args.fast}): {fast}; OpenVINO fast mode: {ov_fast}")
     print()
-    print("| model | weights | batch | yolodet mode | yolodet ms/img | OpenCV DNN ms/img | yolodet / OpenCV "
-          "| pytorchyolo ms/img |")
-    print("|---|---|---:|---|---:|---:|---:|---:|")
-    for name, origin, batch, mode, ours, cvms, ptyms in rows:
-        ratio = f"{ours / cvms:.2f}" if cvms else "-"
-        print(f"| {name} | {origin} | {batch} | {mode} | {ours:.1f} | {f'{cvms:.1f}' if cvms else '-'} | {ratio} "
+    print("| model | weights | batch | yolodet mode | yolodet ms/img | ORT ms/img | OpenVINO ms/img | OpenCV DNN ms/img "
+          "| ORT / yolodet | OpenVINO / yolodet | OpenCV / yolodet | pytorchyolo ms/img |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, origin, batch, mode, ours, ortms, ovms, cvms, ptyms in rows:
+        cells = [_ms(v) for v in (ortms, ovms, cvms)] + [_ratio(v, ours) for v in (ortms, ovms, cvms)]
+        print(f"| {name} | {origin} | {batch} | {mode} | {ours:.1f} | {' | '.join(cells)} "
               f"| {f'{ptyms:.1f}' if ptyms else 'not installed'} |")
+    if image_rows:
+        print()
+        print("| image in, boxes out (1 image, fp32) | yolodet ms | yolodet ORT backend ms | ORT end2end graph ms "
+              "| OpenVINO end2end graph ms |")
+        print("|---|---:|---:|---:|---:|")
+        for name, values in image_rows:
+            print(f"| {name} | {' | '.join(_ms(values.get(k)) for k in ('torch', 'ort_backend', 'ort_e2e', 'ov_e2e'))} |")
     if e2e_rows:
         print()
         print("| `tools/detect.py`, one image, process start to exit | precision | seconds |")
@@ -251,6 +326,39 @@ def main(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"- {note}")
     return 0
+
+
+def image_in_boxes_out(name: str, model: Darknet, e2e_onnx: Path | None, image: np.ndarray,
+                       args: argparse.Namespace, use_ort: bool, use_ov: bool, notes: list[str]) -> list:
+    """One row: milliseconds from an RGB uint8 image to its boxes (original pixels), per peer, interleaved."""
+    size = args.img_size
+    native = Detector(model, img_size=size, optimize=True)
+    mode = native.preprocess_mode
+    peers: dict[str, Callable[[], object]] = {"torch": lambda: native.predict([image])[0].boxes}
+    if use_ort:
+        backend = Detector(model, img_size=size, backend="onnxruntime")
+        e2e = ort_peer(e2e_onnx, args.threads)
+        peers["ort_backend"] = lambda: backend.predict([image])[0].boxes
+        peers["ort_e2e"] = lambda: graph_boxes(e2e, image, size, mode)
+    if use_ov:
+        ov_e2e = openvino_peer(e2e_onnx, (1, 3, size, size), args.threads, "f32")
+        peers["ov_e2e"] = lambda: graph_boxes(ov_e2e, image, size, mode)
+    ref = peers["torch"]()
+    for key, fn in peers.items():
+        boxes = fn()
+        same = boxes.shape == ref.shape and (boxes.numel() == 0 or float((boxes - ref).abs().max()) < 1e-2)
+        notes.append(f"{name} image in, boxes out: {key} gives {len(boxes)} boxes"
+                     + ("" if same else f" (torch: {len(ref)}; they DIFFER)"))
+    med = time_interleaved(peers, args.seconds, args.min_rounds)
+    return [(name, {k: v * 1000 for k, v in med.items()})]
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.1f}" if value else "-"
+
+
+def _ratio(peer: float | None, ours: float) -> str:
+    return f"{peer / ours:.2f}" if peer else "-"
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ def _detector(model: Detector | Darknet, img_size, preprocess, device) -> Detect
             return model
         return Detector(model.model, names=model.names, img_size=img_size or model.img_size,
                         preprocess=preprocess or model.preprocess_mode, device=device or model.device,
-                        precision=model.precision, optimize=model.optimize)
+                        precision=model.precision, optimize=model.optimize, backend=model.backend)
     if not isinstance(model, Darknet):
         raise TypeError(f"model must be a Detector or a Darknet, got {type(model).__name__}")
     if device is None:

@@ -20,11 +20,15 @@ from yolodet.inference.optimize import (
     resolve_precision,
     weights_version,
 )
+from yolodet.inference.onnx_graph import require
+from yolodet.inference.ort import OrtRunner
 from yolodet.inference.postprocess import Detections, postprocess
 from yolodet.inference.preprocess import PREPROCESS_MODES, Mapping, preprocess
 from yolodet.inference.settings import CONF_THRES, NMS_THRES, check_thresholds, parse_size
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime")
 
 
 def default_preprocess(model: Darknet) -> str:
@@ -49,6 +53,9 @@ class Detector:
             in fp32 the first forward runs ``model`` as is, so a single image does not pay for optimising (about
             the time of one forward). ``False``: always ``model`` itself (under ``torch.autocast`` when
             ``precision`` is not fp32).
+        backend: ``"torch"`` (default), or ``"onnxruntime"``: the network runs as an ONNX graph in ONNX Runtime
+            (:class:`yolodet.inference.ort.OrtRunner`, fp32, rebuilt when the weights change); preprocessing,
+            decoding and NMS are the same. Needs ``pip install yolodet[onnx]``.
 
     ``model`` is put in eval mode and moved to ``device`` but otherwise left alone; the optimised copy is rebuilt
     whenever ``model``'s weights change (e.g. between evaluations in a training loop).
@@ -56,7 +63,8 @@ class Detector:
 
     def __init__(self, model: Darknet, *, names: Sequence[str] | None = None,
                  img_size: int | Sequence[int] | None = None, preprocess: str | None = None,
-                 device: str | torch.device = DEFAULT_DEVICE, precision: str = "fp32", optimize: bool | str = "auto") -> None:
+                 device: str | torch.device = DEFAULT_DEVICE, precision: str = "fp32", optimize: bool | str = "auto",
+                 backend: str = "torch") -> None:
         if not model.heads:
             raise ValueError(f"{model.cfg_path}: the cfg has no [yolo] heads; it is not a detector")
         self.preprocess_mode = preprocess or default_preprocess(model)
@@ -73,18 +81,31 @@ class Detector:
         if optimize not in (True, False, "auto"):
             raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
         self.optimize = optimize
-        self._runner: InferenceModel | None = None
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+        if backend == "onnxruntime":
+            require("onnxruntime")
+            if self.precision != "fp32":
+                raise ValueError(f"the onnxruntime backend runs fp32 only, got precision {self.precision!r}")
+        self.backend = backend
+        self._runner: InferenceModel | OrtRunner | None = None
         self._runner_key: tuple | None = None
         self._forwards = 0
 
     @property
-    def optimized(self) -> InferenceModel | None:
+    def optimized(self) -> InferenceModel | OrtRunner | None:
         """The optimised copy of ``model`` that :meth:`infer` runs (None before it is first needed)."""
         return self._runner
 
-    def _network(self) -> InferenceModel | Darknet:
-        """What the next forward runs: ``model`` itself, or its optimised copy (rebuilt when ``model``'s weights
-        changed since it was made)."""
+    def _network(self) -> InferenceModel | OrtRunner | Darknet:
+        """What the next forward runs: ``model`` itself, or its optimised copy or ONNX Runtime session (rebuilt
+        when ``model``'s weights changed since it was made)."""
+        if self.backend == "onnxruntime":
+            key = weights_version(self.model)
+            if self._runner is None or key != self._runner_key:
+                self._runner = OrtRunner(self.model, device=self.device, img_size=self.img_size)
+                self._runner_key = key
+            return self._runner
         if not self.optimize or (self.optimize == "auto" and self.precision == "fp32" and self._forwards == 0):
             return self.model
         key = weights_version(self.model)
