@@ -82,8 +82,18 @@ def save_checkpoint(model: Darknet, path: str | os.PathLike, **extra: Any) -> No
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """True for a ``torch.save`` zip archive (a Darknet ``.weights`` file starts with a binary header)."""
-    return zipfile.is_zipfile(path)
+    """True for a ``torch.save`` zip archive (a Darknet ``.weights`` file starts with a binary header), damaged
+    ones included (:func:`load_checkpoint` then says what is wrong)."""
+    try:
+        if zipfile.is_zipfile(path):
+            return True
+    except Exception:  # noqa: BLE001  zipfile raises BadZipFile, ValueError ... on some damaged archives
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
