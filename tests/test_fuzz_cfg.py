@@ -12,13 +12,16 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils._pytree import tree_leaves
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import FIXTURES, REFERENCE_CFGS
 from fuzzing import fuzz_settings
 from yolodet.cfg import CfgError
 from yolodet.errors import YolodetError
+from yolodet.modeling.blocks.conv import MAX_WEIGHTS
 from yolodet.modeling.info import build_for_info, layer_table, total_flops
-from yolodet.modeling.model import Darknet
+from yolodet.modeling.model import MAX_OUTPUT_ELEMENTS, Darknet
 from yolodet.modeling.registry import BLOCKS
 
 OWN = {p.name: p.read_text() for p in sorted(FIXTURES.glob("*.cfg"))}
@@ -78,17 +81,58 @@ def mutated_cfg(draw, texts: dict[str, str]) -> tuple[str, str]:
     return name, "\n".join(lines) + "\n"
 
 
+NUMBERS = st.one_of(st.integers(-2, 16), st.sampled_from([0, 1, 2, 3, 13, 32, 33, 64, 65, 100, 1000, 65536]),
+                    st.sampled_from([10**6, 10**9, 2**31, 2**63, 10**20]), st.integers(-2**64, 2**64)).map(str) | \
+    st.sampled_from(["0.5", "1e9", "nan", "-inf"])
+"""What a builder gets for one key: small numbers (they build, so the forward runs) and huge ones (size limits)."""
+
+
+@st.composite
+def edited_layer(draw, texts: dict[str, str]) -> tuple[str, str]:
+    """(name, text): one layer of a cfg of ``texts`` with one of *its own* keys set to a number of
+    :data:`NUMBERS` (the key's other lines removed): every builder's arithmetic, past key validation."""
+    name = draw(st.sampled_from(sorted(texts)))
+    lines = texts[name].splitlines()
+    headers = {i: line.strip()[1:-1].strip() for i, line in enumerate(lines) if line.strip().startswith("[")}
+    kind = draw(st.sampled_from(sorted({t for t in headers.values() if t in BLOCKS})))  # rare types get a share
+    start = draw(st.sampled_from([i for i, t in headers.items() if t == kind]))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("[")), len(lines))
+    keys = sorted(BLOCKS.get(lines[start].strip()[1:-1].strip()).keys)
+    if not keys:
+        return name, texts[name]
+    key = draw(st.sampled_from(keys))
+    body = [line for line in lines[start + 1:end] if line.split("=", 1)[0].strip() != key]
+    return name, "\n".join(lines[:start + 1] + [f"{key}={draw(NUMBERS)}"] + body + lines[end:]) + "\n"
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the most elements of any tensor an operation creates (meta tensors: shapes only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
 def _runs_as_built(model: Darknet) -> None:
-    """Forward a [1, C, H, W] input layer by layer: every output shape is the ``out_shape`` the build promised."""
+    """Forward a [1, C, H, W] ``meta`` input through ``model`` (built on ``meta``) layer by layer: every output shape is the ``out_shape`` the build promised, and
+    no tensor made on the way (padding, concatenations ...) is far past the build-time limit."""
     net = model.net
-    x = torch.empty(1, net.channels, net.height, net.width, device=next(model.parameters(), torch.empty(0)).device)
+    x = torch.empty(1, net.channels, net.height, net.width, device="meta")
     saved: list[torch.Tensor] = []
     model.eval()  # BN statistics are a training matter (a batch of 1 at 1 x 1 is fine at inference)
-    with torch.no_grad():
+    with torch.no_grad(), _LargestTensor() as sizes:
         for i, layer in enumerate(model.layers):
             x = layer(x, [saved[s] for s in layer.sources])
             assert tuple(x.shape[1:]) == tuple(layer.out_shape), f"layer {i}: {tuple(x.shape)} vs {layer.out_shape}"
             saved.append(x)
+    assert sizes.largest <= 2 * MAX_OUTPUT_ELEMENTS, f"a forward tensor of {sizes.largest} elements"
 
 
 def _check(tmp: Path, name: str, text: str, *, run_on_cpu: bool) -> None:
@@ -104,8 +148,13 @@ def _check(tmp: Path, name: str, text: str, *, run_on_cpu: bool) -> None:
             outcomes.append(str(exc))
         else:
             outcomes.append(None)
-            _runs_as_built(model)
-            if k == 0 and run_on_cpu and total_flops(layer_table(model)) < 2e8:  # real arithmetic where cheap
+            rows = layer_table(model)
+            # What the build-time limits promise: no layer costs more than the largest weights times the largest
+            # output (a 1e9 maxpool window cost 1e22 and hung detect)
+            assert max(r.flops for r in rows) <= 2 * MAX_WEIGHTS * MAX_OUTPUT_ELEMENTS, "a layer past the limits"
+            if k == 1 or not run_on_cpu:  # on meta: shapes only, however large
+                _runs_as_built(model)
+            elif total_flops(rows) < 2e8:  # real arithmetic where it is cheap
                 with torch.no_grad():
                     model.eval()(torch.rand(1, model.net.channels, model.net.height, model.net.width))
     assert outcomes[0] == outcomes[1], "Darknet.from_cfg and build_for_info disagree"
@@ -132,3 +181,9 @@ def test_mutated_fixture_cfgs_build_and_run_or_raise_cfgerror(tmp: Path, case: t
 @given(case=mutated_cfg(SHARED))
 def test_mutated_darknet_cfgs_build_and_run_or_raise_cfgerror(tmp: Path, case: tuple[str, str]) -> None:
     _check(tmp, *case, run_on_cpu=False)
+
+
+@fuzz_settings(150)
+@given(case=edited_layer(OWN))
+def test_any_number_in_any_layer_key_builds_and_runs_or_raises_cfgerror(tmp: Path, case: tuple[str, str]) -> None:
+    _check(tmp, *case, run_on_cpu=True)
