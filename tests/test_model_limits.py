@@ -91,3 +91,14 @@ def test_the_limit_leaves_room_for_real_cfgs() -> None:
     assert model.net.width == 608
     largest = max(torch.Size(m.out_shape).numel() for m in model.layers)
     assert largest == 32 * 608 * 608 and MAX_OUTPUT_ELEMENTS > 20 * largest
+
+
+@pytest.mark.parametrize("key, value", [("dilation", 2**63), ("stride", 2**63), ("stride_x", 33)])
+def test_convolution_strides_and_dilations_fit_the_padded_input(tmp_path: Path, key: str, value: int) -> None:
+    """Found by the fuzzer: a 1x1 conv with dilation=2**63 built (the kernel has one tap) but torch's conv2d
+    overflowed at the first forward."""
+    old = "filters=16\nsize=1\nstride=1\npad=1\nactivation=relu"
+    new = old.replace("stride=1", f"stride=1\n{key}={value}" if key != "stride" else f"stride={value}")
+    err = _both(tmp_path, _edit(old, new))[0]
+    assert str(err).endswith(f"[convolutional #8] {key}: {key.replace('_', ' ')} {value} is larger than the "
+                             "padded input (32 x 32)"), err
