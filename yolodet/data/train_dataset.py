@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as F
 
 from yolodet.data.sample import DatasetSource
 from yolodet.data.transforms import FILL, AugmentConfig, build_transform
-from yolodet.data.images import ImageReadError, read_image
+from yolodet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from yolodet.errors import SettingError
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,14 @@ class TrainDataset(Dataset):
         source: the samples (boxes normalised xyxy).
         aug: augmentation settings (see :class:`AugmentConfig`).
         cache: keep decoded images in memory (per worker process; use persistent workers).
+        max_pixels: an image with more pixels is skipped as unreadable (from its header, before decoding);
+            None: no limit.
     """
 
-    def __init__(self, source: DatasetSource, aug: AugmentConfig, *, cache: bool = False) -> None:
+    def __init__(self, source: DatasetSource, aug: AugmentConfig, *, cache: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.source, self.aug, self.cache = source, aug, cache
+        self.max_pixels = max_pixels
         self._images: dict[int, np.ndarray] = {}
         self._bad: set[int] = set()
         self._pipelines: dict[tuple[int, int], object] = {}
@@ -138,7 +142,7 @@ class TrainDataset(Dataset):
         if index in self._bad:
             return None
         try:
-            image = read_image(self.source.samples[index].image)
+            image = read_image(self.source.samples[index].image, max_pixels=self.max_pixels)
         except ImageReadError as exc:
             self._bad.add(index)
             log.warning("skipping unreadable training image: %s", exc)

@@ -115,10 +115,11 @@ class Detector:
         return self._runner
 
     @classmethod
-    def from_cfg(cls, cfg: str | os.PathLike | None, weights: str | os.PathLike | None = None,
-                 **kwargs) -> "Detector":
-        """Build from a cfg and Darknet ``.weights`` or a yolodet checkpoint (see :func:`load_model`)."""
-        return cls(load_model(cfg, weights), **kwargs)
+    def from_cfg(cls, cfg: str | os.PathLike | None, weights: str | os.PathLike | None = None, *,
+                 allow_partial: bool = False, **kwargs) -> "Detector":
+        """Build from a cfg and Darknet ``.weights`` or a yolodet checkpoint (see :func:`load_model`; a partial
+        ``.weights`` file is an error unless ``allow_partial``)."""
+        return cls(load_model(cfg, weights, allow_partial=allow_partial), **kwargs)
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Mapping]]:
         """RGB uint8 [H, W, 3] images -> network input [B, 3, h, w] on the device and their mappings."""

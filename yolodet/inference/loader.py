@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from yolodet.data.images import ImageReadError, default_decoder, image_reader
+from yolodet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, default_decoder, image_reader
 from yolodet.inference.preprocess import Mapping, preprocess
 from yolodet.inference.settings import check_workers
 
@@ -92,15 +92,19 @@ class InferenceDataset(Dataset):
         mode: one of :data:`yolodet.preprocess.PREPROCESS_MODES`.
         decoder: one of ``IMAGE_DECODERS``; None: :func:`default_decoder`.
         keep_original: also return the decoded RGB image (``tools/detect.py`` draws on it).
+        max_pixels: an image with more pixels is reported as unreadable (from its header, before decoding);
+            None: no limit.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], size: tuple[int, int], mode: str, *,
-                 decoder: str | None = None, keep_original: bool = False) -> None:
+                 decoder: str | None = None, keep_original: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.paths = [Path(p) for p in paths]
         self.size = (int(size[0]), int(size[1]))
         self.mode = mode
         self.decoder = decoder or default_decoder()
-        self._read = image_reader(self.decoder)  # a module-level function: picklable for worker processes
+        # a partial of a module-level function: picklable for worker processes
+        self._read = image_reader(self.decoder, max_pixels=max_pixels)
         self.keep_original = keep_original
 
     def __len__(self) -> int:

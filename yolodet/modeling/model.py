@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +22,13 @@ from yolodet.cfg.net import NetConfig
 from yolodet.modeling.registry import BLOCKS
 
 log = logging.getLogger(__name__)
+
+MAX_OUTPUT_ELEMENTS = 1 << 28
+"""Most values one layer's output may hold for one image at the cfg's network size (C*H*W): 1 GiB of float32.
+Real cfgs stay far below (yolov4 at 608: 11.8 M in its first layer, 32 x 608 x 608; the limit lets it run up
+to about 2900 x 2900). A larger output is a typo (``[upsample] stride=1000``, a route repeating a layer thousands
+of times, a padding of 1e9) that must be a :class:`CfgError` at build time, not a ``RuntimeError: Storage size
+calculation overflowed``, an out-of-memory kill or a forward pass that never ends."""
 
 
 def _validate_keys(block: CfgBlock) -> None:
@@ -105,4 +113,9 @@ def _build(block: CfgBlock, ctx: BuildContext) -> Block:
         raise block.error(f"cannot build this layer with input {ctx.in_shape}: {exc}") from exc
     if any(d < 1 for d in layer.out_shape):
         raise block.error(f"output shape {layer.out_shape} is empty (input {ctx.in_shape})")
+    elements = math.prod(layer.out_shape)
+    if elements > MAX_OUTPUT_ELEMENTS:
+        c, h, w = layer.out_shape
+        raise block.error(f"this layer's output ({c} x {h} x {w}, input {ctx.in_shape}) would need {elements} "
+                          f"elements per image, more than the limit of {MAX_OUTPUT_ELEMENTS}")
     return layer

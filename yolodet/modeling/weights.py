@@ -73,6 +73,8 @@ class LoadReport:
     layers_filled: int
     weighted_filled: int
     weighted_total: int
+    unfilled: tuple[int, ...] = ()
+    """Darknet indices of the layers with weights the file did not reach (they keep their initial values)."""
 
     @property
     def complete(self) -> bool:
@@ -100,7 +102,8 @@ def load_darknet_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepor
     """Copy a ``.weights`` file into ``model`` (a :class:`yolodet.model.Darknet`), in place.
 
     Raises:
-        WeightsError: unreadable file, a file ending inside a layer, or bytes left after the last layer.
+        WeightsError: unreadable file, a file ending inside a layer, bytes left after the last layer, or NaN/Inf
+            values (naming the layer).
     """
     path = str(path)
     try:
@@ -123,6 +126,7 @@ def load_darknet_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepor
                 raise WeightsError(
                     f"{path}: file ends inside layer {index} ({type(layer).__name__}): it needs {need} floats but "
                     f"only {len(floats) - offset} are left ({filled} layers with weights read before it)")
+            _check_finite(path, floats[offset:offset + need], index, layer, header.nbytes + 4 * offset)
             for t in tensors:
                 chunk = floats[offset:offset + t.numel()]
                 offset += t.numel()
@@ -141,11 +145,22 @@ def load_darknet_weights(model: nn.Module, path: str | os.PathLike) -> LoadRepor
     model.seen = header.seen
     # A complete file covers every layer, weightless trailing ones ([yolo], [softmax] ...) included.
     layers_filled = len(model.layers) if filled == len(layers) else last + 1
-    report = LoadReport(path, header, layers_filled, filled, len(layers))
+    unfilled = tuple(index for index, _, _ in layers[filled:])
+    report = LoadReport(path, header, layers_filled, filled, len(layers), unfilled)
     if not report.complete:
         log.info("%s: partial weights, filled layers 0..%d (%d of %d layers with weights)", path,
                  report.layers_filled - 1, filled, len(layers))
     return report
+
+
+def _check_finite(path: str, values: np.ndarray, index: int, layer: nn.Module, start: int) -> None:
+    """NaN or Inf in a layer's floats is an error (a network that silently outputs nothing otherwise)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise WeightsError(
+            f"{path}: layer {index} ({type(layer).__name__}) has {int(bad.sum())} non-finite values (NaN or Inf) "
+            f"among its {len(values)} floats, the first at byte {start + 4 * first}")
 
 
 def save_darknet_weights(model: nn.Module, path: str | os.PathLike, *, header: WeightsHeader | None = None,

@@ -91,6 +91,11 @@ def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     if c % groups or filters % groups:
         raise block.error(f"groups={groups} must divide the input channels ({c}) and filters ({filters})",
                           "groups")
+    for key, value, dim in (("stride_y", stride_y, h), ("stride_x", stride_x, w), ("dilation", dilation, max(h, w))):
+        if value > dim + 2 * padding:  # it would skip (or spread the kernel past) the whole padded input
+            key = key if block.has(key) or key == "dilation" else "stride"
+            raise block.error(f"{key.replace('_', ' ')} {value} is larger than the padded input "
+                              f"({h + 2 * padding} x {w + 2 * padding})", key)
     out_h = (h + 2 * padding - dilation * (size - 1) - 1) // stride_y + 1
     out_w = (w + 2 * padding - dilation * (size - 1) - 1) // stride_x + 1
     if out_h < 1 or out_w < 1:

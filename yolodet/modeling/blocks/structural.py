@@ -34,6 +34,27 @@ class MaxPool(Block):
         return F.max_pool2d(x, self.size, self.stride)
 
 
+MAX_POOL_WINDOW = 32
+"""Largest pooling window allowed to exceed its input (real cfgs: at most SPP's 13)."""
+
+
+def _check_window(block: CfgBlock, size: int, stride: tuple[int, int], hw: tuple[int, int]) -> None:
+    """A pooling window or stride larger than its input is a typo, refused before anything is built.
+
+    Except a small window (at most :data:`MAX_POOL_WINDOW`): yolov4's SPP ``size=13`` runs on a 4 x 4 input at
+    128 x 128, where Darknet pads it with -inf and the output is still meaningful. ``size=1000000000`` made the
+    forward pass overflow (stride 1) or hang (stride 2). A stride larger than the input would skip all of it but
+    the first cell.
+    """
+    h, w = hw
+    if size > max(h, w) and size > MAX_POOL_WINDOW:
+        raise block.error(f"the window ({size} x {size}) is larger than the input ({h} x {w})", "size")
+    for key, step, dim in (("stride_y", stride[0], h), ("stride_x", stride[1], w)):
+        if step > dim:
+            key = key if block.has(key) else "stride"
+            raise block.error(f"{key.replace('_', ' ')} {step} is larger than the input ({h} x {w})", key)
+
+
 @BLOCKS.register("maxpool", keys=("size", "stride", "stride_x", "stride_y", "padding"))
 def build_maxpool(block: CfgBlock, ctx: BuildContext) -> MaxPool:
     """Darknet maxpool: ``stride`` defaults to 1, ``size`` to ``stride``, ``padding`` to ``size - 1``."""
@@ -47,6 +68,7 @@ def build_maxpool(block: CfgBlock, ctx: BuildContext) -> MaxPool:
             raise block.error(f"must be >= 1, got {value}", key)
     if padding < 0:
         raise block.error(f"must be >= 0, got {padding}", "padding")
+    _check_window(block, size, (sy, sx), (h, w))
     out_h, out_w = (h + padding - size) // sy + 1, (w + padding - size) // sx + 1
     if out_h < 1 or out_w < 1:
         raise block.error(f"input {h}x{w} is too small for size={size}", "size")
@@ -73,6 +95,11 @@ def build_avgpool(block: CfgBlock, ctx: BuildContext) -> GlobalAvgPool:
     return GlobalAvgPool(ctx.in_shape[0])
 
 
+MAX_UPSAMPLE = 64
+"""Largest ``[upsample] stride``: real cfgs use 2 (yolov3/v4) or 4; the output limit of
+:data:`yolodet.modeling.model.MAX_OUTPUT_ELEMENTS` applies as well."""
+
+
 class Upsample(Block):
     """``[upsample]``: nearest neighbour by an integer ``stride``, times ``scale``."""
 
@@ -92,6 +119,9 @@ def build_upsample(block: CfgBlock, ctx: BuildContext) -> Upsample:
     stride = block.get_int("stride", 2)
     if stride < 1:
         raise block.error(f"only upsampling (stride >= 1) is supported, got {stride}", "stride")
+    if stride > MAX_UPSAMPLE:
+        raise block.error(f"stride {stride} is larger than the limit of {MAX_UPSAMPLE} (Darknet cfgs use 2 or 4)",
+                          "stride")
     return Upsample(stride, block.get_float("scale", 1.0), (c, h * stride, w * stride))
 
 
