@@ -11,6 +11,7 @@ from pathlib import Path
 from yolodet.cli.options import (
     add_device_option,
     add_img_size_option,
+    add_inference_input_options,
     add_model_options,
     add_precision_options,
     add_threads_option,
@@ -18,6 +19,7 @@ from yolodet.cli.options import (
     apply_threads,
     check_output_dir,
     img_size,
+    max_pixels,
     model_files,
 )
 
@@ -61,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "built; else opencv)")
     add_device_option(p)
     add_precision_options(p)
+    add_inference_input_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="images (or video frames) per forward pass (default: 8)")
     p.add_argument("--workers", type=int, help="image reading/resizing processes, overlapping the network "
                                                "(default: the cores torch's threads leave free, at most 2)")
@@ -95,7 +98,8 @@ def build_detector(args: argparse.Namespace):
 
     cfg, weights = model_files(args.cfg, args.weights)
     detector = Detector.from_cfg(cfg, weights, img_size=img_size(args.img_size), preprocess=args.preprocess,
-                                 device=args.device, precision=args.precision)
+                                 device=args.device, precision=args.precision, allow_partial=args.allow_partial,
+                                 backend=args.backend)
     names = resolve_names(args.names, cfg, detector.model.num_classes)
     if names:
         detector.names = names
@@ -148,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for frame in predict_inputs(detector, inputs, conf_thres=args.conf_thres, nms_thres=args.nms_thres,
                                     batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
-                                    keep_images=not args.no_images, max_frames=args.max_frames):
+                                    keep_images=not args.no_images, max_frames=args.max_frames,
+                                    max_image_pixels=max_pixels(args.max_image_pixels)):
             if frame.error is not None:
                 log.error("skipped: %s", frame.error)
             elif frame.index is None and not args.quiet:

@@ -18,6 +18,8 @@ FORMATS = ("onnx",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("Exit codes: 0 written (and checked by onnx.checker); 2 bad cfg/weights/arguments, a layer ONNX "
+                "cannot express, or onnx missing (pip install yolodet[onnx]).")
     p.add_argument("--cfg", help="Darknet cfg (optional with a yolodet checkpoint, which embeds its cfg)")
     p.add_argument("--weights", required=True, help="Darknet .weights or yolodet checkpoint")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default: %(default)s)")

@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, str] = {
     "info": "yolodet.cli.info",
     "anchors": "yolodet.cli.anchors",
     "make-cfg": "yolodet.cli.make_cfg",
+    "export": "yolodet.cli.export",
 }
 """Subcommand name -> module (``HELP``, ``add_arguments``, ``run``)."""
 

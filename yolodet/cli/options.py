@@ -39,6 +39,28 @@ def add_model_options(p: argparse.ArgumentParser, *, cfg_required: bool = False)
                                      "is a known official file)")
 
 
+def add_inference_input_options(p: argparse.ArgumentParser) -> None:
+    """``--allow-partial``, ``--max-image-pixels`` and ``--backend`` of detect and val."""
+    from yolodet.data.images import DEFAULT_MAX_PIXELS
+    from yolodet.inference.detector import BACKENDS
+
+    p.add_argument("--allow-partial", action="store_true",
+                   help="run weights that fill only some layers (the others stay random: garbage detections)")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse larger images from their header (decompression bombs; default: {DEFAULT_MAX_PIXELS},"
+                        f" 0 = no limit)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="run the network in torch (default) or ONNX Runtime (pip install yolodet[onnx]); same "
+                        "preprocessing, decode and NMS")
+
+
+def max_pixels(value: int) -> int | None:
+    """``--max-image-pixels``: 0 means no limit; a negative value is an error."""
+    if value < 0:
+        raise OptionError(f"--max-image-pixels must be >= 0 (0: no limit), got {value}")
+    return value or None
+
+
 def add_img_size_option(p: argparse.ArgumentParser, flag: str = "--img-size", what: str = "network input") -> None:
     p.add_argument(flag, type=int, nargs="+", metavar="S",
                    help=f"{what}: S (S x S) or W H, a multiple of the largest head stride (default: the cfg's)")

@@ -63,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no jitter, HSV, flip or mosaic")
     p.add_argument("--jitter", type=float, help="override the [yolo] jitter")
     p.add_argument("--cache", action="store_true", help="keep decoded training images in memory")
+    p.add_argument("--max-image-pixels", type=int, help="skip larger images from their header (decompression "
+                                                         "bombs; default: yolodet.data.images.DEFAULT_MAX_PIXELS)")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: BatchNorm over the global batch")
     p.add_argument("--amp", dest="amp", action="store_true", default=None, help="fp16 autocast (default on CUDA)")
     p.add_argument("--no-amp", dest="amp", action="store_false")
@@ -100,7 +102,7 @@ def config_from_args(args: argparse.Namespace):
         cache=args.cache, sync_bn=args.sync_bn, amp=args.amp, bf16=args.bf16, channels_last=args.channels_last,
         seed=args.seed,
         eval_interval=args.eval_interval, conf_thres=args.conf_thres, time_limit=args.time_limit,
-        stop_after_steps=args.stop_after_steps, progress=args.progress)
+        stop_after_steps=args.stop_after_steps, progress=args.progress, max_image_pixels=args.max_image_pixels)
 
 
 def run(args: argparse.Namespace) -> int:

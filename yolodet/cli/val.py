@@ -25,12 +25,14 @@ from yolodet.cli.options import (
     OptionError,
     add_device_option,
     add_img_size_option,
+    add_inference_input_options,
     add_model_options,
     add_precision_options,
     add_threads_option,
     add_threshold_options,
     apply_threads,
     img_size,
+    max_pixels,
     model_files,
 )
 
@@ -62,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                "cores torch's threads leave free, at most 2)")
     add_device_option(p)
     add_precision_options(p)
+    add_inference_input_options(p)
     add_threads_option(p)
     p.add_argument("--decoder", choices=IMAGE_DECODERS,
                    help="image decoder (default: stb, Darknet's, when built; else opencv)")
@@ -121,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     source, gt = load_ground_truth(args)
     cfg, weights = model_files(args.cfg, args.weights)
     detector = Detector.from_cfg(cfg, weights, img_size=img_size(args.img_size), preprocess=args.preprocess,
-                                 device=device, precision=args.precision)
+                                 device=device, precision=args.precision, allow_partial=args.allow_partial,
+                                 backend=args.backend)
     if len(source.names) == len(detector.names):
         detector.names = list(source.names)
     log.info("model %s + %s: %d classes, input %dx%d, %s, %s, %s", cfg or "(embedded cfg)", weights,
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else default_workers(len(source.samples), args.batch_size)
     result = evaluate(detector, source, conf_thres=args.conf_thres, nms_thres=args.nms_thres,
                       batch_size=args.batch_size, workers=workers, gt=gt, max_det=args.max_det,
-                      decoder=args.decoder, progress=args.progress)
+                      decoder=args.decoder, progress=args.progress, max_pixels=max_pixels(args.max_image_pixels))
     if not world.main:  # every rank has the gathered result; rank 0 reports and writes
         return 0
     if args.results:

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from yolodet.inference.loader import InferenceDataset, inference_loader
-from yolodet.data.images import default_decoder
+from yolodet.data.images import DEFAULT_MAX_PIXELS, default_decoder
 from yolodet.distributed import all_gather, current_world, shard
 from yolodet.data.sample import DatasetError, DatasetSource
 from yolodet.data.sources import to_coco_gt
@@ -96,7 +96,7 @@ def evaluate(model: Detector | Darknet, source: DatasetSource, *, img_size: int 
              preprocess: str | None = None, conf_thres: float = EVAL_CONF_THRES, nms_thres: float = NMS_THRES,
              batch_size: int = 8, workers: int = 0, device: str | torch.device | None = None,
              gt: dict[str, Any] | None = None, max_det: int = 100, decoder: str | None = None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> EvalResult:
     """COCO bbox evaluation of ``model`` on ``source``.
 
     Args:
@@ -115,6 +115,7 @@ def evaluate(model: Detector | Darknet, source: DatasetSource, *, img_size: int 
         decoder: image decoder, ``"stb"`` (Darknet's) or ``"opencv"``; None: stb when built (see
             :mod:`yolodet.data.loader`).
         progress: show a tqdm progress bar (stderr).
+        max_pixels: images above this many pixels are refused from their header (counted unreadable).
 
     Raises:
         ValueError: the model does not fit the ground truth (class count), or ``source`` has image ids the
@@ -134,7 +135,7 @@ def evaluate(model: Detector | Darknet, source: DatasetSource, *, img_size: int 
         log.info("category ids: %s mapping (%d classes)", rule, len(class_ids))
         results, unreadable, seconds, n_read = _run(detector, source, class_ids, conf_thres=conf_thres,
                                                     nms_thres=nms_thres, batch_size=batch_size, workers=workers,
-                                                    decoder=decoder, progress=progress)
+                                                    decoder=decoder, progress=progress, max_pixels=max_pixels)
     finally:
         net.train(restore)
     image_ids = [int(s.image_id) for s in source.samples]
@@ -178,7 +179,7 @@ def _detector(model: Detector | Darknet, img_size, preprocess, device) -> Detect
 
 
 def _run(detector: Detector, source: DatasetSource, class_ids: list[int], *, conf_thres: float, nms_thres: float,
-         batch_size: int, workers: int, decoder: str, progress: bool
+         batch_size: int, workers: int, decoder: str, progress: bool, max_pixels: int | None
          ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]], float, int]:
     """The inference loop: -> (results, unreadable, seconds, readable image count).
 
@@ -190,7 +191,7 @@ def _run(detector: Detector, source: DatasetSource, class_ids: list[int], *, con
     world = current_world()
     mine = shard(range(len(samples)), world)
     dataset = InferenceDataset([samples[i].image for i in mine], detector.img_size, detector.preprocess_mode,
-                               decoder=decoder)
+                               decoder=decoder, max_pixels=max_pixels)
     loader = inference_loader(dataset, batch_size=batch_size, workers=workers,
                               pin_memory=detector.device.type == "cuda")
     per_image: dict[int, list[dict[str, Any]]] = {}

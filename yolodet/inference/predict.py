@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from yolodet.data.images import DEFAULT_MAX_PIXELS
 from yolodet.inference.detector import Detector
 from yolodet.inference.loader import InferenceDataset, default_workers, inference_loader
 from yolodet.inference.postprocess import Detections
@@ -75,7 +76,7 @@ def predict(detector: Detector, sources: Sequence[str], **kwargs) -> Iterator[Fr
 def predict_inputs(detector: Detector, inputs: Iterable[MediaInput], *, conf_thres: float = CONF_THRES,
                    nms_thres: float = NMS_THRES, batch_size: int = 8, workers: int | None = None,
                    decoder: str | None = None, keep_images: bool = True, max_frames: int | None = None,
-                   max_image_pixels: int | None = None) -> Iterator[Frame]:
+                   max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[Frame]:
     """Predict every input in order: all images first (batched, read ahead by ``workers`` processes), then each
     video, camera and stream.
 
@@ -86,7 +87,7 @@ def predict_inputs(detector: Detector, inputs: Iterable[MediaInput], *, conf_thr
         decoder: ``"stb"`` (Darknet's JPEG decoder, the default when built) or ``"opencv"``.
         keep_images: attach each original image to its :class:`Frame` (needed to draw boxes).
         max_frames: at most this many frames from each video, camera or stream (None: until it ends).
-        max_image_pixels: images above this many pixels are refused (None: the reader's default limit).
+        max_image_pixels: images above this many pixels are refused from their header (None: no limit).
     """
     check_thresholds(conf_thres, nms_thres)
     if batch_size < 1 or (workers is not None and workers < 0) or (max_frames is not None and max_frames < 1):
@@ -96,7 +97,7 @@ def predict_inputs(detector: Detector, inputs: Iterable[MediaInput], *, conf_thr
     images = [i for i in inputs if i.kind == "image"]
     if images:
         yield from _images(detector, images, batch_size=batch_size, workers=workers, decoder=decoder,
-                           keep_images=keep_images, **settings)
+                           keep_images=keep_images, max_pixels=max_image_pixels, **settings)
     for item in inputs:
         if item.kind == "video":
             yield from _video_file(detector, item, batch_size, keep_images, max_frames, **settings)
@@ -105,11 +106,12 @@ def predict_inputs(detector: Detector, inputs: Iterable[MediaInput], *, conf_thr
 
 
 def _images(detector: Detector, items: list[MediaInput], *, batch_size: int, workers: int | None,
-            decoder: str | None, keep_images: bool, conf_thres: float, nms_thres: float) -> Iterator[Frame]:
+            decoder: str | None, keep_images: bool, max_pixels: int | None, conf_thres: float,
+            nms_thres: float) -> Iterator[Frame]:
     workers = workers if workers is not None else default_workers(len(items), batch_size)
     by_path = {str(i.path): i for i in items}
     dataset = InferenceDataset([i.path for i in items], detector.img_size, detector.preprocess_mode,
-                               decoder=decoder, keep_original=keep_images)
+                               decoder=decoder, keep_original=keep_images, max_pixels=max_pixels)
     loader = inference_loader(dataset, batch_size=batch_size, workers=workers,
                               pin_memory=detector.device.type == "cuda")
     for batch in loader:

@@ -208,7 +208,9 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
                          f"a multiple of the world size")
     sampler = TrainBatchSampler(len(train_src.samples), batch // subdivisions, size=size, seed=config.seed,
                                 multiscale=multiscale, accumulate=subdivisions)
-    loader = DataLoader(TrainDataset(train_src, aug, cache=config.cache),
+    dataset = TrainDataset(train_src, aug, cache=config.cache, **(
+        {} if config.max_image_pixels is None else {"max_pixels": config.max_image_pixels or None}))
+    loader = DataLoader(dataset,
                         batch_sampler=RankBatches(sampler, world),
                         num_workers=config.workers, collate_fn=collate_train, pin_memory=device.type == "cuda",
                         persistent_workers=config.workers > 0, worker_init_fn=worker_init,
@@ -239,10 +241,9 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
         state = RunState.from_dict(ckpt["run_state"])
         set_rng_state(ckpt["rng"])
         log.info("resuming %s at epoch %d, step %d", out / "last.pt", state.epoch, state.step)
-    log.info("%d process(es); %d train / %d val images, %d classes; batch %d = %d x %d, %d steps (%d epochs of %d), size %s%s, "
-             "lr %g, burn_in %d, steps %s; %s, %d parameters frozen; augment %s", world.size,
-             len(train_src.samples),
-             len(val_src.samples), model.num_classes, batch, subdivisions, batch // subdivisions,
+    log.info("%d process(es); %d train / %d val images, %d classes; batch %d = %d x %d, %d steps (%d epochs of %d), "
+             "size %s%s, lr %g, burn_in %d, steps %s; %s, %d parameters frozen; augment %s", world.size,
+             len(train_src.samples), len(val_src.samples), model.num_classes, batch, subdivisions, batch // subdivisions,
              schedule.max_batches, epochs, sampler.steps_per_epoch, size, " multi-scale" if multiscale else "",
              schedule.learning_rate, schedule.burn_in, list(schedule.steps), "Adam" if config.adam else "SGD",
              frozen, aug)
