@@ -236,7 +236,20 @@ _EXPECTED = {
     "swish": lambda v: v * _SIGMOID(v),
     "tanh": math.tanh,
     "elu": lambda v: v if v > 0 else math.exp(v) - 1,
-    "selu": lambda v: 1.0507009873554805 * (v if v > 0 else 1.6732632423543772 * (math.exp(v) - 1)),
+    "selu": lambda v: 1.0507 * (v if v > 0 else 1.6732 * (math.exp(v) - 1)),  # Darknet's float constants
+    "gelu": lambda v: 0.5 * v * (1 + math.tanh(0.797885 * v + 0.035677 * v ** 3)),
+    "loggy": lambda v: 2 * _SIGMOID(v) - 1,
+    "relie": lambda v: v if v > 0 else 0.01 * v,
+    "revleaky": lambda v: v if v > 0 else 0.1 * v,
+    "ramp": lambda v: max(v, 0.0) + 0.1 * v,
+    "plse": lambda v: 0.01 * (v + 4) if v < -4 else (0.01 * (v - 4) + 1 if v > 4 else 0.125 * v + 0.5),
+    "hardtan": lambda v: min(max(v, -1.0), 1.0),
+    "lhtan": lambda v: 0.001 * v if v < 0 else (0.001 * (v - 1) + 1 if v > 1 else v),
+    "stair": lambda v: math.floor(v / 2) if math.floor(v) % 2 == 0 else v - math.floor(v) + math.floor(v / 2),
+    "hard_mish": lambda v: v if v > 0 else (v * v / 2 + v if v > -2 else 0.0),
+    "normalize_channels": lambda v: v / (1e-4 + v) if v > 0 else 0.0,  # one channel: relu(x) / (1e-4 + relu(x))
+    "normalize_channels_softmax": lambda v: math.exp(v) / (1e-4 + math.exp(v)),
+    "normalize_channels_softmax_maxval": lambda v: 1 / (1 + 1e-4),
 }
 
 

@@ -127,5 +127,5 @@ def test_every_block_type_builds(name: str) -> None:
 def test_registered_keys_are_enforced() -> None:
     """The keys a builder registers are the only ones the model accepts for that section."""
     text = SNIPPETS["classifier"].replace("[dropout]\n", "[dropout]\nfilters=3\n")
-    with pytest.raises(CfgError, match="unknown key for \\[dropout\\]; known: probability"):
+    with pytest.raises(CfgError, match="unknown key for \\[dropout\\]; known: dropblock, dropblock_size_abs, dropblock_size_rel, probability"):
         Darknet.from_cfg_text(text)

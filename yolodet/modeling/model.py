@@ -17,6 +17,7 @@ import yolodet.modeling.blocks  # noqa: F401  (registers the built-in block type
 from yolodet.modeling.blocks.base import Block, BuildContext
 from yolodet.modeling.blocks.yolo import HeadSpec, YoloHead
 from yolodet.cfg import CfgBlock, CfgError, parse_cfg_text
+from yolodet.cfg.darknet_keys import COMMON, ZERO_ONLY, darknet_reads, did_you_mean, training_only
 from yolodet.cfg.net import NetConfig
 from yolodet.modeling.registry import BLOCKS
 
@@ -24,13 +25,25 @@ log = logging.getLogger(__name__)
 
 
 def _validate_keys(block: CfgBlock) -> None:
+    """Every key must be implemented by the block, or be one Darknet reads only for training (no effect on
+    inference, see :mod:`yolodet.cfg.darknet_keys`); anything else is an error saying which of the two it is."""
     if block.type not in BLOCKS:
         raise block.error(f"unknown section type [{block.type}]; known: {', '.join(BLOCKS.names())}")
-    known = BLOCKS.get(block.type).keys
-    for key in block.options:
-        if key not in known:
-            raise block.error(f"unknown key for [{block.type}]; known: {', '.join(sorted(known)) or '(none)'}",
-                              key)
+    implemented = BLOCKS.get(block.type).keys
+    accepted = implemented | training_only(block.type)
+    for key, value in block.options.items():
+        if key in accepted:
+            if key in ZERO_ONLY and block.get_int(key) != 0 and key not in implemented:
+                raise block.error(f"{key}={value} makes Darknet skip this layer's bytes when it reads .weights "
+                                  "(the next layer reads them); yolodet supports only 0", key)
+            continue
+        if key in darknet_reads(block.type):
+            raise block.error(f"Darknet reads this key for [{block.type}] and it changes what the layer computes, "
+                              "but yolodet does not implement it", key)
+        known = accepted | darknet_reads(block.type)
+        own = sorted(known - COMMON)
+        raise block.error(f"unknown key for [{block.type}]{did_you_mean(key, known)}; known: "
+                          f"{', '.join(own) or '(none)'} (and for every layer: {', '.join(sorted(COMMON))})", key)
 
 
 class Darknet(nn.Module):
@@ -93,6 +106,19 @@ class Darknet(nn.Module):
             x = layer(x, [saved[s] for s in layer.sources])
             saved.append(x if keep else None)
         return [saved[i] for i in self._outputs]
+
+    def layer_outputs(self, x: torch.Tensor, layers: "list[int] | None" = None) -> dict[int, torch.Tensor]:
+        """x: [B, C, H, W] -> {Darknet layer index: that layer's output} for ``layers`` (default: all of them).
+
+        For inspection and oracle tests (Darknet's ``l.output`` of any layer); ``forward`` keeps only what it needs.
+        """
+        wanted = set(range(len(self.layers)) if layers is None else
+                     (i + len(self.layers) if i < 0 else i for i in layers))
+        saved: list[torch.Tensor] = []
+        for layer in self.layers[:max(wanted) + 1]:
+            x = layer(x, [saved[s] for s in layer.sources])
+            saved.append(x)
+        return {i: saved[i] for i in sorted(wanted)}
 
 
 def _build(block: CfgBlock, ctx: BuildContext) -> Block:

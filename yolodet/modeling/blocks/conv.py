@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
+from yolodet.modeling.blocks import activations as act
 from yolodet.modeling.blocks.base import Block, BuildContext
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.registry import BLOCKS
@@ -21,18 +23,32 @@ def _check_weights(block: CfgBlock, count: int, key: str) -> None:
         raise block.error(f"this layer would have {count} weights, more than the limit of {MAX_WEIGHTS}", key)
 
 
-ACTIVATIONS: dict[str, type[nn.Module] | None] = {
+ACTIVATIONS: dict[str, Callable[[], nn.Module] | None] = {
     "linear": None,
     "logistic": nn.Sigmoid,
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
-    "mish": nn.Mish,
+    "mish": nn.Mish,  # Darknet's softplus threshold 20 is PyTorch's too
     "swish": nn.SiLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
-    "selu": nn.SELU,
+    "selu": act.Selu,
+    "gelu": act.Gelu,
+    "loggy": act.Loggy,
+    "relie": lambda: nn.LeakyReLU(0.01),
+    "revleaky": lambda: nn.LeakyReLU(0.1),  # Darknet's forward treats revleaky as leaky
+    "ramp": act.Ramp,
+    "plse": act.Plse,
+    "hardtan": nn.Hardtanh,
+    "lhtan": act.Lhtan,
+    "stair": act.Stair,
+    "hard_mish": act.HardMish,
+    "normalize_channels": act.NormalizeChannels,
+    "normalize_channels_softmax": lambda: act.NormalizeChannelsSoftmax(False),
+    "normalize_channels_softmax_maxval": lambda: act.NormalizeChannelsSoftmax(True),
 }
-"""Darknet activation name -> module (``leaky`` is handled separately: its slope is 0.1, not PyTorch's 0.01)."""
+"""Every activation of Darknet's ``activations.c`` -> module factory (``leaky`` is handled separately: its slope is
+0.1, not PyTorch's 0.01)."""
 
 
 def make_activation(block: CfgBlock, default: str) -> nn.Module:
@@ -41,8 +57,8 @@ def make_activation(block: CfgBlock, default: str) -> nn.Module:
     if name == "leaky":
         return nn.LeakyReLU(0.1)
     if name not in ACTIVATIONS:
-        raise block.error(f"unknown activation {name!r}; known: leaky, {', '.join(sorted(ACTIVATIONS))}",
-                          "activation")
+        raise block.error(f"unknown activation {name!r} (Darknet would print a note and silently use relu "
+                          f"instead); known: leaky, {', '.join(sorted(ACTIVATIONS))}", "activation")
     kind = ACTIVATIONS[name]
     return nn.Identity() if kind is None else kind()
 

@@ -1,0 +1,151 @@
+"""Darknet C is the oracle: every cfg of AlexeyAB's ``cfg/`` folder (``../shared/data/darknet-zoo``) gives the same
+raw outputs in yolodet as in Darknet itself (``../shared/oracle``, AlexeyAB's C code, CPU).
+
+Weights are random (non-trivial BN statistics, see ``conftest.randomize``), written by yolodet's saver and read by
+Darknet's ``load_weights``, so this checks the cfg grammar, every layer rule and the weights layout at once.
+Compared: the raw input of each head (``[yolo]``, ``[region]``, ``[Gaussian_yolo]``, ``[detection]``), or for a
+classifier its last layer and the layer before a final ``[softmax]``; max |diff| <= 1e-4 of the output's scale.
+
+Sizes: every cfg runs at a reduced ``[net]`` size (``_size``: the smallest of 64, 128, 256 at which yolodet builds
+it; ``[crop]`` sizes scaled alike), which Darknet allows for any size its strides divide. ``[net] inputs=`` cfgs
+(recurrent text models) keep theirs. The largest cfgs are marked slow.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED, randomize
+from yolodet.cfg import CfgError, parse_cfg_text
+from yolodet.modeling.model import Darknet
+from yolodet.modeling.weights import save_darknet_weights
+
+ZOO = SHARED / "data" / "darknet-zoo"
+ORACLE = SHARED / "oracle"
+ZOO_CFGS = sorted(ZOO.rglob("*.cfg")) if ZOO.is_dir() else []
+HEADS = ("yolo", "region", "Gaussian_yolo", "gaussian_yolo", "detection")
+
+SLOW: set[str] = set()
+"""Cfgs that take more than a few seconds here (Darknet C without SIMD), run with ``-m slow``."""
+
+DARKNET_REJECTS: dict[str, str] = {}
+"""cfg -> what yolodet does where Darknet C itself refuses or crashes (each checked by a test below)."""
+
+
+def _name(cfg: Path) -> str:
+    return str(cfg.relative_to(ZOO))
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """The darknet_oracle module, built once per session; skips without ../shared or a C compiler."""
+    if not (ORACLE / "darknet_oracle.py").exists():
+        pytest.skip(f"{ORACLE} is not available (../shared is absent)")
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler: the Darknet oracle cannot be built")
+    sys.path.insert(0, str(ORACLE))
+    try:
+        import darknet_oracle
+    finally:
+        sys.path.remove(str(ORACLE))
+    try:
+        darknet_oracle.binary()
+    except darknet_oracle.OracleError as exc:
+        pytest.skip(f"the Darknet oracle does not build here: {str(exc).splitlines()[0]}")
+    return darknet_oracle
+
+
+def _set_net_size(text: str, size: int, original: int) -> str:
+    """``text`` with ``[net]`` width/height = ``size`` and ``[crop]`` sizes scaled by ``size / original``."""
+    out, section = [], ""
+    for line in text.splitlines():
+        bare = "".join(line.split())
+        if bare.startswith("["):
+            section = bare.lower()
+        key = bare.split("=", 1)[0]
+        if section in ("[net]", "[network]") and key in ("width", "height"):
+            line = f"{key}={size}"
+        elif section == "[crop]" and key in ("crop_width", "crop_height"):
+            value = re.match(r"\d+", bare.split("=", 1)[1])
+            line = f"{key}={int(value.group()) * size // original}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _reduced(cfg: Path) -> tuple[str, Darknet]:
+    """The cfg text at the smallest size yolodet builds, and the model (random weights)."""
+    text = cfg.read_text(errors="replace")
+    net = parse_cfg_text(text, str(cfg))[0]
+    if net.has("inputs") or not net.has("width"):
+        return text, Darknet.from_cfg_text(text, str(cfg))
+    original = net.get_int("width")
+    error: CfgError | None = None
+    for size in (64, 128, 256):
+        if size >= original:
+            break
+        small = _set_net_size(text, size, original)
+        try:
+            return small, Darknet.from_cfg_text(small, str(cfg))
+        except CfgError as exc:
+            error = exc
+    try:
+        return text, Darknet.from_cfg_text(text, str(cfg))
+    except CfgError:
+        raise error or sys.exc_info()[1]
+
+
+def _compare(ours: torch.Tensor, theirs: np.ndarray, what: str) -> float:
+    ours_np = ours.detach().numpy().reshape(-1)
+    theirs = theirs.reshape(-1)
+    assert ours_np.shape == theirs.shape, f"{what}: yolodet {tuple(ours.shape)} vs Darknet {theirs.size} values"
+    scale = float(np.abs(theirs).max())
+    assert theirs.std() > 1e-6 * max(scale, 1e-30) and scale > 0, f"{what}: degenerate Darknet output"
+    diff = float(np.abs(ours_np - theirs).max())
+    assert diff <= 1e-4 * scale, f"{what}: max |diff| {diff:.3g} > 1e-4 * {scale:.3g}"
+    return diff / scale
+
+
+def _oracle_layers(blocks) -> tuple[list[int] | str, str]:
+    types = [b.type for b in blocks[1:]]
+    if any(t.lower() in {h.lower() for h in HEADS} for t in types):
+        return "heads", "head"
+    last = max(i for i, t in enumerate(types) if t != "cost")
+    if types[last] == "softmax":
+        return [last - 1, last], "layer"
+    return [last], "layer"
+
+
+def run_zoo_cfg(cfg: Path, oracle, workdir: Path, seed: int = 0) -> float:
+    """yolodet vs Darknet C on ``cfg`` (reduced size): the largest |diff| / scale over the compared outputs."""
+    text, model = _reduced(cfg)
+    model = randomize(model.eval(), seed=seed)
+    (workdir / "model.cfg").write_text(text)
+    save_darknet_weights(model, workdir / "model.weights")
+    for name in ("9k.tree", "coco9k.map", "inet9k.map"):  # tree= / map= are opened relative to the cwd
+        (workdir / "data").mkdir(exist_ok=True)
+        if (ZOO / name).exists() and not (workdir / "data" / name).exists():
+            (workdir / "data" / name).symlink_to(ZOO / name)
+    n = model.net
+    x = torch.rand(1, n.channels, n.height, n.width, generator=torch.Generator().manual_seed(seed))
+    layers, what = _oracle_layers(parse_cfg_text(text))
+    theirs = oracle.run_indexed(workdir / "model.cfg", workdir / "model.weights", x.numpy(), layers, timeout=600)
+    with torch.no_grad():
+        ours = model.layer_outputs(x, [i for i, _, _ in theirs])
+    return max(_compare(ours[i], a, f"{_name(cfg)} {what} {i} ({kind})") for i, kind, a in theirs)
+
+
+PARAMS = [pytest.param(c, id=_name(c), marks=[pytest.mark.slow] if _name(c) in SLOW else [])
+          for c in ZOO_CFGS if _name(c) not in DARKNET_REJECTS]
+
+
+@pytest.mark.parametrize("cfg", PARAMS)
+def test_zoo_cfg_equals_darknet(cfg: Path, oracle, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_zoo_cfg(cfg, oracle, tmp_path)
