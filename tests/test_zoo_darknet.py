@@ -35,8 +35,18 @@ HEADS = ("yolo", "region", "Gaussian_yolo", "gaussian_yolo", "detection")
 SLOW: set[str] = set()
 """Cfgs that take more than a few seconds here (Darknet C without SIMD), run with ``-m slow``."""
 
-DARKNET_REJECTS: dict[str, str] = {}
-"""cfg -> what yolodet does where Darknet C itself refuses or crashes (each checked by a test below)."""
+PJREDDIE_SHORTCUTS = ("resnet50.cfg", "resnet101.cfg", "resnet152.cfg", "resnext152-32x4d.cfg")
+"""pjreddie's cfgs with shortcuts between maps of different sizes: AlexeyAB's Darknet refuses them
+(``parse_shortcut`` asserts equal w, h); yolodet applies pjreddie's ``shortcut_cpu`` rule (``test_blocks.py``)."""
+
+UNKNOWN_KEYS = {"yolov4-sam-mish-csp-reorg-bfm.cfg": "beta1"}
+"""cfg -> a key no Darknet parser reads (Darknet prints "Unused field"): an error by default, ignored with
+``unknown_keys="ignore"``, which is how these cfgs are compared."""
+
+NOT_IMPLEMENTED: dict[str, str] = {}
+"""cfg -> the start of the error yolodet gives (layers or keys it does not implement)."""
+
+DARKNET_REJECTS = set(PJREDDIE_SHORTCUTS)
 
 
 def _name(cfg: Path) -> str:
@@ -83,8 +93,9 @@ def _reduced(cfg: Path) -> tuple[str, Darknet]:
     """The cfg text at the smallest size yolodet builds, and the model (random weights)."""
     text = cfg.read_text(errors="replace")
     net = parse_cfg_text(text, str(cfg))[0]
+    keys = "ignore" if _name(cfg) in UNKNOWN_KEYS else "error"
     if net.has("inputs") or not net.has("width"):
-        return text, Darknet.from_cfg_text(text, str(cfg))
+        return text, Darknet.from_cfg_text(text, str(cfg), unknown_keys=keys)
     original = net.get_int("width")
     error: CfgError | None = None
     for size in (64, 128, 256):
@@ -92,11 +103,11 @@ def _reduced(cfg: Path) -> tuple[str, Darknet]:
             break
         small = _set_net_size(text, size, original)
         try:
-            return small, Darknet.from_cfg_text(small, str(cfg))
+            return small, Darknet.from_cfg_text(small, str(cfg), unknown_keys=keys)
         except CfgError as exc:
             error = exc
     try:
-        return text, Darknet.from_cfg_text(text, str(cfg))
+        return text, Darknet.from_cfg_text(text, str(cfg), unknown_keys=keys)
     except CfgError:
         raise error or sys.exc_info()[1]
 
@@ -142,10 +153,41 @@ def run_zoo_cfg(cfg: Path, oracle, workdir: Path, seed: int = 0) -> float:
 
 
 PARAMS = [pytest.param(c, id=_name(c), marks=[pytest.mark.slow] if _name(c) in SLOW else [])
-          for c in ZOO_CFGS if _name(c) not in DARKNET_REJECTS]
+          for c in ZOO_CFGS if _name(c) not in DARKNET_REJECTS | set(NOT_IMPLEMENTED)]
 
 
 @pytest.mark.parametrize("cfg", PARAMS)
 def test_zoo_cfg_equals_darknet(cfg: Path, oracle, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     run_zoo_cfg(cfg, oracle, tmp_path)
+
+
+@pytest.mark.parametrize("name", PJREDDIE_SHORTCUTS)
+def test_pjreddie_shortcut_cfgs_rejected_by_darknet_built_with_pjreddies_rule(name: str, oracle, tmp_path) -> None:
+    cfg = ZOO / name
+    text, model = _reduced(cfg)
+    odd = [m for m in model.layers if getattr(m, "pjreddie", None) is not None]
+    assert odd, f"{name}: no shortcut between maps of different sizes"
+    (tmp_path / "model.cfg").write_text(text)
+    x = np.zeros((1, model.net.channels, model.net.height, model.net.width), np.float32)
+    with pytest.raises(oracle.OracleError, match="parse_shortcut"):
+        oracle.run(tmp_path / "model.cfg", None, x, "last", timeout=600)
+
+
+@pytest.mark.parametrize("name, key", sorted(UNKNOWN_KEYS.items()))
+def test_keys_no_darknet_layer_reads_are_errors_by_default(name: str, key: str) -> None:
+    cfg = need_zoo(name)
+    with pytest.raises(CfgError, match=f"{key}: unknown key .*did you mean"):
+        Darknet.from_cfg(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(NOT_IMPLEMENTED))
+def test_not_implemented_cfgs_give_a_clear_error(name: str) -> None:
+    with pytest.raises(CfgError, match=NOT_IMPLEMENTED[name]):
+        Darknet.from_cfg(need_zoo(name))
+
+
+def need_zoo(name: str) -> Path:
+    if not (ZOO / name).exists():
+        pytest.skip(f"{ZOO / name} is not available (../shared is absent)")
+    return ZOO / name

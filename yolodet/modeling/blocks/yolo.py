@@ -4,14 +4,17 @@ and the loss read."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from yolodet.modeling.blocks.base import Block, BuildContext
+from yolodet.modeling.blocks.base import BuildContext, HeadBlock
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.registry import BLOCKS
+
+log = logging.getLogger(__name__)
 
 IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
 
@@ -69,15 +72,8 @@ def common_class_count(heads: "Sequence[HeadSpec]", purpose: str) -> int:
     return classes.pop()
 
 
-class YoloHead(Block):
+class YoloHead(HeadBlock):
     """Identity: the raw [B, A*(5+C), H, W] conv output *is* the head output; decode happens elsewhere."""
-
-    def __init__(self, spec: HeadSpec, out_shape) -> None:
-        super().__init__()
-        self.spec, self.out_shape = spec, out_shape
-
-    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
-        return x
 
 
 # Darknet keys that tune only Darknet's own training/tracking/NMS internals; accepted (so official cfgs load)
@@ -97,16 +93,26 @@ def build_yolo(block: CfgBlock, ctx: BuildContext) -> YoloHead:
     if classes < 1:
         raise block.error(f"must be >= 1, got {classes}", "classes")
     flat = block.get_floats("anchors")
-    if len(flat) % 2:
-        raise block.error(f"needs (w, h) pairs, got {len(flat)} numbers", "anchors")
-    all_anchors = tuple(zip(flat[0::2], flat[1::2]))
-    num = block.get_int("num", len(all_anchors))
-    if num != len(all_anchors):
-        raise block.error(f"num={num} but anchors lists {len(all_anchors)} pairs", "num")
+    num = block.get_int("num", len(flat) // 2)
+    if num < 1:
+        raise block.error(f"must be >= 1, got {num}", "num")
     mask = tuple(block.get_ints("mask", list(range(num))))
-    for m in mask:
-        if not 0 <= m < num:
-            raise block.error(f"mask index {m} is outside the {num} anchors", "mask")
+    if any(m < 0 for m in mask):
+        raise block.error(f"mask indices must be >= 0, got {list(mask)}", "mask")
+    used = max(num, max(mask) + 1)
+    if used > num:  # Darknet reads biases[2*m] past its num*2 array: undefined; the anchors line says what is meant
+        if used * 2 > len(flat):
+            raise block.error(f"mask index {max(mask)} is outside the {num} anchors (num={num}, and the anchors "
+                              f"line has {len(flat) // 2} pairs)", "mask")
+        log.warning("%s:%d: [yolo] mask: index %d >= num=%d; Darknet would read past its anchors array "
+                    "(undefined boxes); yolodet uses pair %d of the anchors line", block.path,
+                    block.key_lines.get("mask", block.line), max(mask), num, max(mask))
+    elif len(flat) != 2 * num:  # Darknet's parse_yolo reads the first num pairs; missing ones stay 0.5
+        log.warning("%s:%d: [yolo] anchors: %d numbers for num=%d; as Darknet, the first %d pairs are used%s",
+                    block.path, block.key_lines.get("anchors", block.line), len(flat), num, num,
+                    " (the missing ones are 0.5)" if len(flat) < 2 * num else "")
+    flat = (flat + [0.5] * (2 * used))[:2 * used]
+    all_anchors = tuple(zip(flat[0::2], flat[1::2]))
     c, h, w = ctx.in_shape
     expected = len(mask) * (classes + 5)
     if c != expected:
