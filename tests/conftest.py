@@ -26,7 +26,7 @@ def need_shared(path: Path) -> Path:
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Fill every weighted layer with random values, BN statistics included (non-trivial: mean != 0, var != 1),
-    scaled so activations stay O(1) through 100+ layers."""
+    scaled so activations stay O(1) through 100+ layers (``[local]`` weights by their fan-in too)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in model.layers:
@@ -40,6 +40,14 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 w.copy_(torch.randn(w.shape, generator=g) * w.shape[1] ** -0.5)
                 if bn is None:
                     layer.fc.bias.copy_(torch.randn(w.shape[0], generator=g) * 0.1)
+            elif isinstance(getattr(layer, "bn", None), torch.nn.BatchNorm2d):  # [batchnorm]
+                bn = layer.bn
+                bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
+            elif layer.darknet_tensors():  # [local], [implicit], weighted [shortcut] ...: every tensor random
+                bn = None
+                for t in layer.darknet_tensors():
+                    scale = t.shape[-1] ** -0.5 if t.dim() > 2 else 0.5
+                    t.copy_(torch.randn(t.shape, generator=g) * scale)
             else:
                 continue
             if bn is not None:
