@@ -326,11 +326,15 @@ def test_conv_batchnorm_eps_and_bias() -> None:
 
 
 def test_conv_groups_and_dilation_shapes() -> None:
-    text = _net(4, 9, 9) + "[convolutional]\nfilters=8\nsize=3\ngroups=2\ndilation=2\npadding=0\n"
+    """Darknet pads ``pad * dilation`` in im2col, so size=3 pad=1 keeps the size at any dilation."""
+    text = _net(4, 9, 9) + "[convolutional]\nfilters=8\nsize=3\ngroups=2\ndilation=2\npad=1\n"
     model = Darknet.from_cfg_text(text)
-    assert model.layers[0].conv.weight.shape == (8, 2, 3, 3)
-    assert model.layers[0].out_shape == (8, 5, 5)
-    assert model(torch.zeros(1, 4, 9, 9))[0].shape == (1, 8, 5, 5)
+    assert model.layers[0].conv.weight.shape == (8, 2, 3, 3) and model.layers[0].conv.padding == (2, 2)
+    assert model.layers[0].out_shape == (8, 9, 9)
+    assert model(torch.zeros(1, 4, 9, 9))[0].shape == (1, 8, 9, 9)
+    # padding=0: Darknet's output size (7) and its dilated im2col (5) disagree: refused, not a third answer
+    with pytest.raises(CfgError, match="dilation=2 needs pad=1"):
+        Darknet.from_cfg_text(text.replace("pad=1", "padding=0"))
 
 
 # -- classifier tail --------------------------------------------------------------------------------------------

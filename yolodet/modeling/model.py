@@ -17,7 +17,7 @@ import yolodet.modeling.blocks  # noqa: F401  (registers the built-in block type
 from yolodet.modeling.blocks.base import Block, BuildContext, HeadBlock
 from yolodet.modeling.blocks.yolo import HeadSpec
 from yolodet.cfg import CfgBlock, CfgError, parse_cfg_text
-from yolodet.cfg.darknet_keys import COMMON, ZERO_ONLY, darknet_reads, did_you_mean, training_only
+from yolodet.cfg.darknet_keys import COMMON, DARKNET_KEYS, ZERO_ONLY, darknet_reads, did_you_mean, training_only
 from yolodet.cfg.net import NetConfig
 from yolodet.modeling.registry import BLOCKS
 
@@ -28,6 +28,9 @@ def _validate_keys(block: CfgBlock, unknown_keys: str = "error") -> None:
     """Every key must be implemented by the block, or be one Darknet reads only for training (no effect on
     inference, see :mod:`yolodet.cfg.darknet_keys`); anything else is an error saying which of the two it is."""
     if block.type not in BLOCKS:
+        if block.type in DARKNET_KEYS:
+            raise block.error(f"Darknet's [{block.type}] layer is not implemented by yolodet; implemented: "
+                              f"{', '.join(BLOCKS.names())}")
         raise block.error(f"unknown section type [{block.type}]; known: {', '.join(BLOCKS.names())}")
     implemented = BLOCKS.get(block.type).keys
     accepted = implemented | training_only(block.type)

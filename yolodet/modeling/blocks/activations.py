@@ -68,13 +68,6 @@ class HardMish(nn.Module):
         return torch.where(x > 0, x, torch.where(x > -2, x * x / 2 + x, torch.zeros_like(x)))
 
 
-class Tanh(nn.Module):
-    """``tanh`` as Darknet computes it: ``2 / (1 + exp(-2x)) - 1``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 2 * torch.sigmoid(2 * x) - 1
-
-
 class NormalizeChannels(nn.Module):
     """``normalize_channels``: at each position, ``max(x, 0) / (0.0001 + sum_c max(x_c, 0))``."""
 

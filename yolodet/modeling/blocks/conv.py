@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from yolodet.modeling.blocks import activations as act
+from yolodet.modeling.blocks.activations import (Gelu, HardMish, Lhtan, Loggy, NormalizeChannels,
+                                                  NormalizeChannelsSoftmax, Plse, Ramp, Selu, Stair)
 from yolodet.modeling.blocks.base import Block, BuildContext
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.registry import BLOCKS
@@ -32,20 +33,20 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module] | None] = {
     "swish": nn.SiLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
-    "selu": act.Selu,
-    "gelu": act.Gelu,
-    "loggy": act.Loggy,
+    "selu": Selu,
+    "gelu": Gelu,
+    "loggy": Loggy,
     "relie": lambda: nn.LeakyReLU(0.01),
     "revleaky": lambda: nn.LeakyReLU(0.1),  # Darknet's forward treats revleaky as leaky
-    "ramp": act.Ramp,
-    "plse": act.Plse,
+    "ramp": Ramp,
+    "plse": Plse,
     "hardtan": nn.Hardtanh,
-    "lhtan": act.Lhtan,
-    "stair": act.Stair,
-    "hard_mish": act.HardMish,
-    "normalize_channels": act.NormalizeChannels,
-    "normalize_channels_softmax": lambda: act.NormalizeChannelsSoftmax(False),
-    "normalize_channels_softmax_maxval": lambda: act.NormalizeChannelsSoftmax(True),
+    "lhtan": Lhtan,
+    "stair": Stair,
+    "hard_mish": HardMish,
+    "normalize_channels": NormalizeChannels,
+    "normalize_channels_softmax": lambda: NormalizeChannelsSoftmax(False),
+    "normalize_channels_softmax_maxval": lambda: NormalizeChannelsSoftmax(True),
 }
 """Every activation of Darknet's ``activations.c`` -> module factory (``leaky`` is handled separately: its slope is
 0.1, not PyTorch's 0.01)."""
@@ -66,10 +67,19 @@ def make_activation(block: CfgBlock, default: str) -> nn.Module:
 class ConvBlock(Block):
     """``[convolutional]``: Conv2d (+ BatchNorm2d, eps 1e-5) + activation. Input [B, C, H, W]."""
 
+    shares: int | None = None
+    """``share_index``: the layer whose weights, bias and BN this one uses (not stored again in ``.weights``)."""
+
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: nn.Module, out_shape) -> None:
         super().__init__()
         self.conv, self.bn, self.act = conv, bn, act
         self.out_shape = out_shape
+
+    def share(self, other: "ConvBlock", index: int) -> None:
+        """Use ``other``'s weights, bias and batch-norm (Darknet's ``share_index``)."""
+        self.conv.weight = other.conv.weight
+        self.conv.bias = other.conv.bias
+        self.bn, self.shares = other.bn, index
 
     def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         x = self.conv(x)
@@ -78,7 +88,10 @@ class ConvBlock(Block):
         return self.act(x)
 
     def darknet_tensors(self) -> list[torch.Tensor]:
-        """Darknet order: BN ``beta, gamma, mean, var`` (or conv ``bias``), then ``weights[n, c/groups, k, k]``."""
+        """Darknet order: BN ``beta, gamma, mean, var`` (or conv ``bias``), then ``weights[n, c/groups, k, k]``;
+        nothing for a layer that shares another's (``share_index``: Darknet's ``load_weights`` skips it)."""
+        if self.shares is not None:
+            return []
         if self.bn is not None:
             head = [self.bn.bias, self.bn.weight, self.bn.running_mean, self.bn.running_var]
         else:
@@ -87,7 +100,7 @@ class ConvBlock(Block):
 
 
 @BLOCKS.register("convolutional", keys=("filters", "size", "stride", "stride_x", "stride_y", "pad", "padding",
-                                        "groups", "dilation", "batch_normalize", "activation"))
+                                        "groups", "dilation", "batch_normalize", "activation", "share_index"))
 def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     """Darknet convolution: ``pad=1`` means padding = size/2 and overrides ``padding``."""
     c, h, w = ctx.in_shape
@@ -104,6 +117,12 @@ def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     padding = size // 2 if block.get_int("pad", 0) else block.get_int("padding", 0)
     if padding < 0:
         raise block.error(f"must be >= 0, got {padding}", "padding")
+    # Darknet: output size (h + 2*pad - size) / stride + 1, but im2col pads pad*dilation with a dilated kernel;
+    # the two agree only when 2*pad = size - 1 or dilation = 1.
+    if dilation > 1 and 2 * padding != size - 1:
+        raise block.error(f"dilation={dilation} needs pad=1 with an odd size or padding=(size-1)/2 (Darknet's "
+                          f"output size ignores dilation; its im2col does not)", "dilation")
+    padding *= dilation
     if c % groups or filters % groups:
         raise block.error(f"groups={groups} must divide the input channels ({c}) and filters ({filters})",
                           "groups")
@@ -115,7 +134,23 @@ def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     bn = bool(block.get_int("batch_normalize", 0))
     conv = nn.Conv2d(c, filters, size, (stride_y, stride_x), padding, dilation, groups, bias=not bn)
     norm = nn.BatchNorm2d(filters, eps=BN_EPS, momentum=0.01) if bn else None  # Darknet: rolling avg 0.99
-    return ConvBlock(conv, norm, make_activation(block, "logistic"), (filters, out_h, out_w))
+    layer = ConvBlock(conv, norm, make_activation(block, "logistic"), (filters, out_h, out_w))
+    if block.has("share_index"):
+        _share(block, ctx, layer)
+    return layer
+
+
+def _share(block: CfgBlock, ctx: BuildContext, layer: ConvBlock) -> None:
+    """``share_index`` (absolute when >= 0, else relative): reuse that conv layer's parameters."""
+    source = ctx.resolve(block, "share_index", block.get_int("share_index"))
+    other = ctx.layers[source]
+    if not isinstance(other, ConvBlock):
+        raise block.error(f"layer {source} is not a [convolutional] layer", "share_index")
+    if other.conv.weight.shape != layer.conv.weight.shape or (other.bn is None) != (layer.bn is None):
+        raise block.error(f"layer {source}'s weights {tuple(other.conv.weight.shape)} (batch_normalize="
+                          f"{int(other.bn is not None)}) do not match this layer's {tuple(layer.conv.weight.shape)}",
+                          "share_index")
+    layer.share(other, source)
 
 
 class ConnectedBlock(Block):
