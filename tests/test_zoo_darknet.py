@@ -14,7 +14,6 @@ it; ``[crop]`` sizes scaled alike), which Darknet allows for any size its stride
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from yolodet.modeling.model import Darknet
 from yolodet.modeling.weights import save_darknet_weights
 
 ZOO = SHARED / "data" / "darknet-zoo"
-ORACLE = SHARED / "oracle"
 ZOO_CFGS = sorted(ZOO.rglob("*.cfg")) if ZOO.is_dir() else []
 HEADS = ("yolo", "region", "Gaussian_yolo", "gaussian_yolo", "detection")
 
@@ -55,9 +53,6 @@ _XNOR = "xnor: Darknet reads this key .* but yolodet does not implement it"
 NOT_IMPLEMENTED: dict[str, str] = {
     "darknet53_448_xnor.cfg": _XNOR, "tiny-yolo_xnor.cfg": _XNOR, "yolov3-tiny_xnor.cfg": _XNOR,
     "yolov1/xyolo.test.cfg": _XNOR,
-    "rnn.cfg": r"Darknet's \[rnn\] layer is not implemented", "rnn.train.cfg": r"Darknet's \[rnn\] layer",
-    "gru.cfg": r"Darknet's \[gru\] layer", "lstm.train.cfg": r"Darknet's \[lstm\] layer",
-    "crnn.train.cfg": r"Darknet's \[crnn\] layer", "yolov3-tiny_occlusion_track.cfg": r"Darknet's \[crnn\] layer",
 }
 """cfg -> the start of the error yolodet gives (layers or keys it does not implement)."""
 
@@ -70,25 +65,6 @@ DARKNET_REJECTS = set(PJREDDIE_SHORTCUTS) | set(DARKNET_CPU_BUGS)
 
 def _name(cfg: Path) -> str:
     return str(cfg.relative_to(ZOO))
-
-
-@pytest.fixture(scope="session")
-def oracle():
-    """The darknet_oracle module, built once per session; skips without ../shared or a C compiler."""
-    if not (ORACLE / "darknet_oracle.py").exists():
-        pytest.skip(f"{ORACLE} is not available (../shared is absent)")
-    if shutil.which("gcc") is None and shutil.which("cc") is None:
-        pytest.skip("no C compiler: the Darknet oracle cannot be built")
-    sys.path.insert(0, str(ORACLE))
-    try:
-        import darknet_oracle
-    finally:
-        sys.path.remove(str(ORACLE))
-    try:
-        darknet_oracle.binary()
-    except darknet_oracle.OracleError as exc:
-        pytest.skip(f"the Darknet oracle does not build here: {str(exc).splitlines()[0]}")
-    return darknet_oracle
 
 
 def _set_net_size(text: str, size: int, original: int) -> str:

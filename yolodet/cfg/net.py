@@ -27,6 +27,7 @@ class NetConfig:
 
     Attributes:
         width, height, channels: network input (default 416 x 416 x 3; Darknet has no default and needs them).
+            A ``[net]`` with only ``inputs=N`` (Darknet's flat input) is read as ``channels=N``, 1 x 1.
         batch: images per optimiser step (Darknet's ``batch``).
         subdivisions: mini-batches per step; ``batch / subdivisions`` images go through the network at once.
         learning_rate, momentum: SGD settings.
@@ -77,6 +78,9 @@ class NetConfig:
         d = cls()
         ints = {k: block.get_int(k, getattr(d, k)) for k in
                 ("width", "height", "channels", "batch", "subdivisions", "max_batches", "burn_in")}
+        if block.has("inputs") and not any(block.has(k) for k in ("width", "height", "channels")):
+            # Darknet's flat input (text RNNs: rnn.cfg, gru.cfg): net.inputs values, read here as inputs x 1 x 1
+            ints.update(width=1, height=1, channels=block.get_int("inputs"))
         for key in ("width", "height", "channels", "batch", "subdivisions"):
             if ints[key] < 1:
                 raise block.error(f"must be >= 1, got {ints[key]}", key)

@@ -19,7 +19,7 @@ from yolodet.inference.optimize import (
     resolve_precision,
     weights_version,
 )
-from yolodet.inference.postprocess import Detections, postprocess
+from yolodet.inference.postprocess import Detections, nms_settings, postprocess
 from yolodet.inference.preprocess import PREPROCESS_MODES, Mapping, preprocess
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class Detector:
         if len(self.names) != model.num_classes:
             raise ValueError(f"{len(self.names)} class names for a model with {model.num_classes} classes")
         self.decoder = YoloDecoder(model.heads)
+        self.nms_kind, self.beta_nms = nms_settings(model.heads)  # the cfg's, as Darknet's detector applies them
         self.precision = resolve_precision(precision, self.device)
         if optimize not in (True, False, "auto"):
             raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
@@ -128,7 +129,8 @@ class Detector:
             outputs = net(batch)
         self._forwards += 1
         preds = self.decoder([o.float() for o in outputs], (batch.shape[3], batch.shape[2]))
-        return postprocess(preds, conf_thres=conf_thres, nms_thres=nms_thres, mappings=mappings, max_det=max_det)
+        return postprocess(preds, conf_thres=conf_thres, nms_thres=nms_thres, mappings=mappings, max_det=max_det,
+                           nms_kind=self.nms_kind, beta_nms=self.beta_nms)
 
     def predict(self, images: Sequence[np.ndarray], *, conf_thres: float = 0.25, nms_thres: float = 0.45,
                 batch_size: int = 8, max_det: int | None = None) -> list[Detections]:

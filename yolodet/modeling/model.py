@@ -119,6 +119,13 @@ class Darknet(nn.Module):
             saved.append(x if keep else None)
         return [saved[i] for i in self._outputs]
 
+    def reset_state(self) -> None:
+        """Zero the hidden state of every recurrent layer (``[rnn]``, ``[gru]``, ``[lstm]``, ``[crnn]``), which
+        otherwise carries over from one forward to the next as in Darknet (see ``yolodet.modeling.blocks.recurrent``)."""
+        for layer in self.layers:
+            if hasattr(layer, "reset_state"):
+                layer.reset_state()
+
     def layer_outputs(self, x: torch.Tensor, layers: "list[int] | None" = None) -> dict[int, torch.Tensor]:
         """x: [B, C, H, W] -> {Darknet layer index: that layer's output} for ``layers`` (default: all of them).
 

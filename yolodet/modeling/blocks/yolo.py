@@ -138,7 +138,10 @@ def _head_spec(block: CfgBlock, ctx: BuildContext, kind: str) -> tuple[HeadSpec,
                           f"{coords}) = {len(mask)} * ({classes} + {coords}) = {expected}", "classes")
     nms_kind = block.get_str("nms_kind", "default")
     if nms_kind not in NMS_KINDS:  # Darknet: anything else is "default" (do_nms_sort) without a word
-        raise block.error(f"unknown nms_kind {nms_kind!r}; known: {', '.join(NMS_KINDS)}", "nms_kind")
+        raise block.error(f"unknown nms_kind {nms_kind!r} (Darknet would silently use default); known: "
+                          f"{', '.join(NMS_KINDS)}", "nms_kind")
+    if nms_kind == "cornersnms" and kind == "yolo":  # parse_yolo knows only greedynms and diounms
+        nms_kind = "default"
     iou_loss = block.get_str("iou_loss", "mse")
     if iou_loss not in IOU_LOSSES:
         raise block.error(f"unknown iou_loss {iou_loss!r}; known: {', '.join(IOU_LOSSES)}", "iou_loss")
