@@ -93,7 +93,7 @@ DARKNET_KEYS: Mapping[str, frozenset[str]] = {name: frozenset(keys) for name, ke
 
 _HEAD_TRAINING = ("beta_nms", "nms_kind")  # decode-time, but read by the NMS, not the layer: see HeadSpec
 TRAINING_ONLY: Mapping[str, frozenset[str]] = {name: frozenset(keys) for name, keys in {
-    "convolutional": ("angle", "assisted_excitation", "bin_output", "cbn", "dot", "grad_centr", "rotate", "stream",
+    "convolutional": ("angle", "assisted_excitation", "cbn", "dot", "grad_centr", "rotate", "stream",
                       "stretch", "stretch_sway", "sway", "wait_stream", "flipped"),
     "route": ("stream", "wait_stream"),
     "dropout": ("dropblock", "dropblock_size_abs", "dropblock_size_rel"),

@@ -15,6 +15,7 @@ from torch import nn
 
 import yolodet.modeling.blocks  # noqa: F401  (registers the built-in block types)
 from yolodet.modeling.blocks.base import Block, BuildContext, HeadBlock
+from yolodet.modeling.blocks.conv import apply_bin_output
 from yolodet.modeling.blocks.yolo import HeadSpec
 from yolodet.cfg import CfgBlock, CfgError, parse_cfg_text
 from yolodet.cfg.darknet_keys import COMMON, DARKNET_KEYS, ZERO_ONLY, darknet_reads, did_you_mean, training_only
@@ -87,6 +88,7 @@ class Darknet(nn.Module):
             layer = _build(block, ctx)
             ctx.layers.append(layer)
             ctx.shapes.append(tuple(layer.out_shape))
+        apply_bin_output(ctx.layers)
         self.layers = nn.ModuleList(ctx.layers)
         self.heads: list[HeadSpec] = [m.spec for m in self.layers if isinstance(m, HeadBlock)]
         self._outputs = [h.layer for h in self.heads] or [len(self.layers) - 1]

@@ -6,6 +6,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from yolodet.modeling.blocks.activations import (Gelu, HardMish, Lhtan, Loggy, NormalizeChannels,
@@ -100,7 +101,8 @@ class ConvBlock(Block):
 
 
 @BLOCKS.register("convolutional", keys=("filters", "size", "stride", "stride_x", "stride_y", "pad", "padding",
-                                        "groups", "dilation", "batch_normalize", "activation", "share_index"))
+                                        "groups", "dilation", "batch_normalize", "activation", "share_index",
+                                        "xnor", "binary", "bin_output"))
 def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     """Darknet convolution: ``pad=1`` means padding = size/2 and overrides ``padding``."""
     c, h, w = ctx.in_shape
@@ -137,7 +139,64 @@ def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     layer = ConvBlock(conv, norm, make_activation(block, "logistic"), (filters, out_h, out_w))
     if block.has("share_index"):
         _share(block, ctx, layer)
+    if block.get_int("binary", 0) and not block.get_int("xnor", 0):
+        raise block.error("binary=1 without xnor: Darknet's CPU forward uses the float weights once and then "
+                          "swaps in its binary buffer (different results on each call); not supported", "binary")
+    if block.get_int("xnor", 0):
+        if groups != 1 or dilation != 1 or stride_x != stride_y:
+            raise block.error("xnor=1 needs groups=1, dilation=1 and equal strides (Darknet's bit-packed "
+                              "inference path)", "xnor")
+        return XnorConv(layer, bin_output=bool(block.get_int("bin_output", 0)))
     return layer
+
+
+class XnorConv(Block):
+    """``[convolutional] xnor=1`` as Darknet's ``detector test/valid`` compute it (``fuse_conv_batchnorm``, then
+    ``calculate_binary_weights`` and the bit-packed GEMM): with BN folded into the weights ``W`` and bias ``b``,
+    ``out = mean|W_f| * conv(sign(W_f), sign(x)) + b_f`` per filter ``f``, where ``sign(v) = v > 0 ? 1 : -1`` and the
+    padding counts as -1 (a 0 bit). ``bin_output=1`` makes the activation linear unless a later ``[route]``,
+    ``[shortcut]``, ``[sam]`` or ``[scale_channels]`` reads this layer (Darknet resets ``use_bin_output`` then; see
+    :func:`apply_bin_output`).
+
+    Warning: Darknet without ``fuse_conv_batchnorm`` (the oracle's default) skips the BN normalisation of xnor
+    layers entirely (only the bias is added); yolodet follows the fused path every Darknet detector command runs.
+    """
+
+    def __init__(self, inner: ConvBlock, bin_output: bool) -> None:
+        super().__init__()
+        self.inner, self.bin_output, self.out_shape = inner, bin_output, inner.out_shape
+        self.linear = False  # set by apply_bin_output
+
+    def _fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+        conv, bn = self.inner.conv, self.inner.bn
+        if bn is None:
+            return conv.weight, conv.bias
+        k = bn.weight / torch.sqrt(bn.running_var + BN_EPS)
+        return conv.weight * k[:, None, None, None], bn.bias - bn.running_mean * k
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        w, b = self._fused()
+        mean = w.abs().mean((1, 2, 3))
+        sw = torch.where(w > 0, 1.0, -1.0).to(x.dtype)
+        sx = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+        p = self.inner.conv.padding[0]
+        out = F.conv2d(F.pad(sx, (p, p, p, p), value=-1.0), sw, stride=self.inner.conv.stride)
+        out = out * mean.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+        return out if self.linear else self.inner.act(out)
+
+    def darknet_tensors(self) -> list[torch.Tensor]:
+        return self.inner.darknet_tensors()
+
+
+def apply_bin_output(layers: list[Block]) -> None:
+    """Darknet's ``use_bin_output``: an xnor layer with ``bin_output=1`` gets a linear activation unless a later
+    layer reads it by index (``[route]``, ``[shortcut]``, ``[sam]``, ``[scale_channels]``) or, for the last three,
+    is the layer before them."""
+    read = {s for layer in layers for s in layer.sources}
+    before = {i - 1 for i, layer in enumerate(layers) if type(layer).__name__ in ("Shortcut", "Sam", "ScaleChannels")}
+    for i, layer in enumerate(layers):
+        if isinstance(layer, XnorConv):
+            layer.linear = layer.bin_output and i not in read and i not in before
 
 
 def _share(block: CfgBlock, ctx: BuildContext, layer: ConvBlock) -> None:
