@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE_CFGS = sorted((SHARED / "data" / "darknet-cfg").glob("*.cfg"))
 OFFICIAL_TINY = SHARED / "weights" / "yolov3-tiny.weights"
 COCO128 = SHARED / "data" / "coco128"
+ORACLE = SHARED / "oracle"
 
 
 def need_shared(path: Path) -> Path:
@@ -24,12 +27,21 @@ def need_shared(path: Path) -> Path:
     return path
 
 
+def _weighted_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every conv/connected block (also inside recurrent layers), and every other layer with its own tensors."""
+    out = []
+    for layer in model.layers:
+        inner = [m for m in layer.modules() if isinstance(m, (ConvBlock, ConnectedBlock))]
+        out.extend(inner if inner else [layer])
+    return out
+
+
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Fill every weighted layer with random values, BN statistics included (non-trivial: mean != 0, var != 1),
-    scaled so activations stay O(1) through 100+ layers."""
+    scaled so activations stay O(1) through 100+ layers (``[local]`` weights by their fan-in too)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for layer in model.layers:
+        for layer in _weighted_modules(model):
             if isinstance(layer, ConvBlock):
                 w, bn = layer.conv.weight, layer.bn
                 w.copy_(torch.randn(w.shape, generator=g) * w[0].numel() ** -0.5)
@@ -40,6 +52,14 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 w.copy_(torch.randn(w.shape, generator=g) * w.shape[1] ** -0.5)
                 if bn is None:
                     layer.fc.bias.copy_(torch.randn(w.shape[0], generator=g) * 0.1)
+            elif isinstance(getattr(layer, "bn", None), torch.nn.BatchNorm2d):  # [batchnorm]
+                bn = layer.bn
+                bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
+            elif layer.darknet_tensors():  # [local], [implicit], weighted [shortcut] ...: every tensor random
+                bn = None
+                for t in layer.darknet_tensors():
+                    scale = t.shape[-1] ** -0.5 if t.dim() > 2 else 0.5
+                    t.copy_(torch.randn(t.shape, generator=g) * scale)
             else:
                 continue
             if bn is not None:
@@ -49,3 +69,22 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 bn.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                 bn.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
     return model
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """The darknet_oracle module, built once per session; skips without ../shared or a C compiler."""
+    if not (ORACLE / "darknet_oracle.py").exists():
+        pytest.skip(f"{ORACLE} is not available (../shared is absent)")
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler: the Darknet oracle cannot be built")
+    sys.path.insert(0, str(ORACLE))
+    try:
+        import darknet_oracle
+    finally:
+        sys.path.remove(str(ORACLE))
+    try:
+        darknet_oracle.binary()
+    except darknet_oracle.OracleError as exc:
+        pytest.skip(f"the Darknet oracle does not build here: {str(exc).splitlines()[0]}")
+    return darknet_oracle

@@ -15,7 +15,7 @@ import torch
 
 from conftest import FIXTURES, REFERENCE_CFGS, randomize
 from yolodet.modeling.blocks.conv import ACTIVATIONS
-from yolodet.cfg import parse_cfg_text
+from yolodet.cfg import CfgError, parse_cfg_text
 from yolodet.modeling.model import Darknet
 
 IDENTITY = "[maxpool]\nsize=1\nstride=1\n"
@@ -165,27 +165,41 @@ def test_shortcut_from_more_channels_uses_the_first_channels() -> None:
     assert torch.equal(_run(text, x), x[2:] + x[:2])
 
 
-def test_shortcut_different_spatial_size_flat_rule() -> None:
-    """AlexeyAB's ``shortcut_multilayer_cpu``: per image, flat CHW index k gets from[k] for k < len(from)."""
-    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]])  # [2, 2, 2]: 8 elements
-    # upsample x2 of x: channel 0 rows are [1 1 2 2], [1 1 2 2], [3 3 4 4], [3 3 4 4] (32 elements)
+def test_shortcut_different_spatial_size_pjreddie_rule() -> None:
+    """pjreddie's ``shortcut_cpu``: a larger ``from`` is subsampled (stride), a smaller one is added at every
+    ``sample``-th cell; AlexeyAB's Darknet refuses both."""
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]])  # [2, 2, 2]
     up = _run(_net(2, 2, 2) + IDENTITY + "[upsample]\nstride=2\n", x)
     assert up[0, 0].tolist() == [1, 1, 2, 2] and up.shape == (2, 4, 4)
-    # more elements, smaller input: the first 8 elements of the upsampled map are 1 1 2 2 1 1 2 2
+    # larger from (4x4) onto a 2x2 input: from[2j, 2i] is added
     more = _run(_net(2, 2, 2) + IDENTITY + "[upsample]\nstride=2\n[route]\nlayers=0\n[shortcut]\nfrom=1\n", x)
-    assert more.tolist() == [[[2, 3], [5, 6]], [[6, 7], [9, 10]]]
-    # fewer elements, larger input: x's 8 values are added to the first 8 elements (the first two rows of ch 0)
+    assert torch.equal(more, 2 * x)
+    # smaller from (2x2) onto a 4x4 input: added at (2j, 2i) only
     fewer = _run(_net(2, 2, 2) + IDENTITY + "[upsample]\nstride=2\n[shortcut]\nfrom=0\n", x)
-    assert fewer[0, :2].tolist() == [[2, 3, 5, 6], [6, 7, 9, 10]]
-    assert torch.equal(fewer[0, 2:], up[0, 2:]) and torch.equal(fewer[1], up[1])
+    expected = up.clone()
+    expected[:, ::2, ::2] += x
+    assert torch.equal(fewer, expected)
 
 
-def test_shortcut_flat_rule_is_per_image() -> None:
-    x = torch.stack([_x(1, 2, 2), -_x(1, 2, 2)])  # batch of 2: [2, 1, 2, 2]
-    out = _run(_net(1, 2, 2) + IDENTITY + "[upsample]\nstride=2\n[shortcut]\nfrom=0\n", x)
-    assert out[0, 0, 0].tolist() == [1 + 1, 1 + 2, 2 + 3, 2 + 4]
-    assert out[1, 0, 0].tolist() == [-1 - 1, -1 - 2, -2 - 3, -2 - 4]
-    assert torch.equal(out[:, :, 1:], torch.nn.functional.interpolate(x, scale_factor=2.0)[:, :, 1:])
+def test_shortcut_different_sizes_refused_with_several_froms() -> None:
+    text = _net(2, 2, 2) + IDENTITY + "[upsample]\nstride=2\n" + IDENTITY + "[shortcut]\nfrom=0, 1\n"
+    with pytest.raises(CfgError, match="only in pjreddie's Darknet"):
+        Darknet.from_cfg_text(text)
+
+
+def test_shortcut_weighted_per_channel_softmax() -> None:
+    x = _x(2, 2, 2)
+    text = _net(2, 2, 2) + IDENTITY + IDENTITY + ("[shortcut]\nfrom=0\nweights_type=per_channel\n"
+                                                  "weights_normalization=softmax\n")
+    model = Darknet.from_cfg_text(text).eval()
+    w = torch.tensor([[0.0, 1.0], [2.0, -1.0]])  # [n+1 = 2, C = 2]
+    with torch.no_grad():
+        model.layers[2].weight.copy_(w)
+        out = model(x[None])[0][0]
+    e = torch.exp(w - w.max(0).values)
+    norm = e / (1e-4 + e.sum(0))
+    assert torch.allclose(out, x * norm[0].view(2, 1, 1) + x * norm[1].view(2, 1, 1), atol=1e-6)
+    assert [t.shape for t in model.layers[2].darknet_tensors()] == [(2, 2)]
 
 
 # -- scale_channels ---------------------------------------------------------------------------------------------
@@ -236,7 +250,20 @@ _EXPECTED = {
     "swish": lambda v: v * _SIGMOID(v),
     "tanh": math.tanh,
     "elu": lambda v: v if v > 0 else math.exp(v) - 1,
-    "selu": lambda v: 1.0507009873554805 * (v if v > 0 else 1.6732632423543772 * (math.exp(v) - 1)),
+    "selu": lambda v: 1.0507 * (v if v > 0 else 1.6732 * (math.exp(v) - 1)),  # Darknet's float constants
+    "gelu": lambda v: 0.5 * v * (1 + math.tanh(0.797885 * v + 0.035677 * v ** 3)),
+    "loggy": lambda v: 2 * _SIGMOID(v) - 1,
+    "relie": lambda v: v if v > 0 else 0.01 * v,
+    "revleaky": lambda v: v if v > 0 else 0.1 * v,
+    "ramp": lambda v: max(v, 0.0) + 0.1 * v,
+    "plse": lambda v: 0.01 * (v + 4) if v < -4 else (0.01 * (v - 4) + 1 if v > 4 else 0.125 * v + 0.5),
+    "hardtan": lambda v: min(max(v, -1.0), 1.0),
+    "lhtan": lambda v: 0.001 * v if v < 0 else (0.001 * (v - 1) + 1 if v > 1 else v),
+    "stair": lambda v: math.floor(v / 2) if math.floor(v) % 2 == 0 else v - math.floor(v) + math.floor(v / 2),
+    "hard_mish": lambda v: v if v > 0 else (v * v / 2 + v if v > -2 else 0.0),
+    "normalize_channels": lambda v: v / (1e-4 + v) if v > 0 else 0.0,  # one channel: relu(x) / (1e-4 + relu(x))
+    "normalize_channels_softmax": lambda v: math.exp(v) / (1e-4 + math.exp(v)),
+    "normalize_channels_softmax_maxval": lambda v: 1 / (1 + 1e-4),
 }
 
 
@@ -299,11 +326,15 @@ def test_conv_batchnorm_eps_and_bias() -> None:
 
 
 def test_conv_groups_and_dilation_shapes() -> None:
-    text = _net(4, 9, 9) + "[convolutional]\nfilters=8\nsize=3\ngroups=2\ndilation=2\npadding=0\n"
+    """Darknet pads ``pad * dilation`` in im2col, so size=3 pad=1 keeps the size at any dilation."""
+    text = _net(4, 9, 9) + "[convolutional]\nfilters=8\nsize=3\ngroups=2\ndilation=2\npad=1\n"
     model = Darknet.from_cfg_text(text)
-    assert model.layers[0].conv.weight.shape == (8, 2, 3, 3)
-    assert model.layers[0].out_shape == (8, 5, 5)
-    assert model(torch.zeros(1, 4, 9, 9))[0].shape == (1, 8, 5, 5)
+    assert model.layers[0].conv.weight.shape == (8, 2, 3, 3) and model.layers[0].conv.padding == (2, 2)
+    assert model.layers[0].out_shape == (8, 9, 9)
+    assert model(torch.zeros(1, 4, 9, 9))[0].shape == (1, 8, 9, 9)
+    # padding=0: Darknet's output size (7) and its dilated im2col (5) disagree: refused, not a third answer
+    with pytest.raises(CfgError, match="dilation=2 needs pad=1"):
+        Darknet.from_cfg_text(text.replace("pad=1", "padding=0"))
 
 
 # -- classifier tail --------------------------------------------------------------------------------------------

@@ -52,3 +52,72 @@ def test_empty_and_max_det() -> None:
     preds = torch.tensor([[_row(10 * i, 10, 5, 5, 1.0, 0.5 + i / 100) for i in range(10)]])
     [det] = postprocess(preds, max_det=3)
     assert len(det) == 3 and det.scores[0] > det.scores[-1]
+
+
+# -- nms_kind (AlexeyAB's diounms_sort) ---------------------------------------------------------------------------
+def _two_boxes() -> torch.Tensor:
+    """Two same-class boxes 20x20 shifted by 8 px: IoU = 12*20 / (800 - 240) = 0.4286, centre distance^2 = 64,
+    enclosing diagonal^2 = 28^2 + 20^2 = 1184."""
+    return torch.tensor([[_row(50, 50, 20, 20, 1.0, 0.9), _row(58, 50, 20, 20, 1.0, 0.8)]])
+
+
+def test_default_nms_is_iou() -> None:
+    iou = 240 / 560
+    [det] = postprocess(_two_boxes(), conf_thres=0.25, nms_thres=iou - 0.01)
+    assert len(det) == 1
+    [det] = postprocess(_two_boxes(), conf_thres=0.25, nms_thres=iou + 0.01)
+    assert len(det) == 2
+
+
+def test_diounms_subtracts_the_centre_distance_term() -> None:
+    iou, ratio = 240 / 560, 64 / 1184
+    for beta in (0.6, 1.0):
+        metric = iou - ratio ** beta  # Darknet's box_diounms
+        [det] = postprocess(_two_boxes(), conf_thres=0.25, nms_thres=metric - 0.01, nms_kind="diounms",
+                            beta_nms=beta)
+        assert len(det) == 1, beta
+        [det] = postprocess(_two_boxes(), conf_thres=0.25, nms_thres=metric + 0.01, nms_kind="diounms",
+                            beta_nms=beta)
+        assert len(det) == 2, beta
+    # between DIoU and IoU: default suppresses, diounms keeps both
+    between = iou - ratio ** 0.6 / 2
+    assert len(postprocess(_two_boxes(), conf_thres=0.25, nms_thres=between)[0]) == 1
+    assert len(postprocess(_two_boxes(), conf_thres=0.25, nms_thres=between, nms_kind="diounms")[0]) == 2
+
+
+def test_greedynms_uses_exponent_0_6_whatever_beta() -> None:
+    metric = 240 / 560 - (64 / 1184) ** 0.6  # box_diou: the exponent is fixed at 0.6
+    for beta in (0.3, 1.0):
+        [det] = postprocess(_two_boxes(), conf_thres=0.25, nms_thres=metric - 0.01, nms_kind="greedynms",
+                            beta_nms=beta)
+        assert len(det) == 1
+        [det] = postprocess(_two_boxes(), conf_thres=0.25, nms_thres=metric + 0.01, nms_kind="greedynms",
+                            beta_nms=beta)
+        assert len(det) == 2
+
+
+def test_diou_term_uses_fractions_of_the_image() -> None:
+    """Darknet's boxes are fractions of the image's width and height: a non-square image changes d^2 / c^2."""
+    preds = torch.tensor([[_row(50, 50, 20, 20, 1.0, 0.9), _row(50, 58, 20, 20, 1.0, 0.8)]])  # shifted in y
+    iou = 240 / 560
+    square = iou - (64 / 1184) ** 0.6
+    wide = Mapping(orig_w=200, orig_h=100, net_w=100, net_h=100, new_w=100, new_h=50, pad_x=0, pad_y=25)
+    # in fractions: dy = 8/50, box h = 20/50 (w = 20/100): d^2 = 0.0256, c^2 = 0.2^2 + 0.56^2 = 0.3536
+    metric = iou - (0.0256 / 0.3536) ** 0.6
+    assert metric < square
+    thresh = (metric + square) / 2
+    [det] = postprocess(preds, conf_thres=0.25, nms_thres=thresh, nms_kind="diounms", mappings=[wide])
+    assert len(det) == 2
+    [det] = postprocess(preds, conf_thres=0.25, nms_thres=thresh, nms_kind="diounms")
+    assert len(det) == 1
+
+
+def test_nms_kind_comes_from_the_last_head() -> None:
+    from yolodet.inference.postprocess import nms_settings
+    from yolodet.modeling.model import Darknet
+
+    text = ("[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=18\nsize=1\n[yolo]\nmask=0,1,2\nclasses=1\n"
+            "anchors=1,1,2,2,3,3\nnms_kind=diounms\nbeta_nms=0.7\n")
+    assert nms_settings(Darknet.from_cfg_text(text).heads) == ("diounms", 0.7)
+    cornered = Darknet.from_cfg_text(text.replace("diounms", "cornersnms"))  # parse_yolo: unknown -> default
+    assert nms_settings(cornered.heads)[0] == "default"

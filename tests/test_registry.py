@@ -84,6 +84,86 @@ def test_expected_builtin_block_types() -> None:
                                    "shortcut", "scale_channels", "dropout", "cost", "softmax", "yolo"}
 
 
+SNIPPETS.update({
+    "zoo-layers": """[net]
+width=8
+height=8
+channels=3
+[crop]
+crop_width=8
+crop_height=8
+[batchnorm]
+[activation]
+activation=mish
+[empty]
+[local_avgpool]
+size=2
+stride=1
+[sam]
+from=-2
+[reorg3d]
+stride=2
+[reorg]
+stride=2
+[local]
+filters=4
+size=1
+[convolutional]
+filters=12
+size=1
+[region]
+classes=1
+num=2
+coords=4
+anchors=1,1,2,2
+[contrastive]
+""",
+    "yolov1-heads": """[net]
+width=4
+height=4
+channels=1
+[implicit]
+filters=4
+atoms=2
+[convolutional]
+filters=20
+size=1
+[gaussian_yolo]
+mask=0,1
+classes=1
+anchors=1,1,2,2
+[route]
+layers=-2
+[connected]
+output=6
+[detection]
+classes=1
+num=1
+coords=4
+side=1
+""",
+    "recurrent": """[net]
+inputs=4
+[rnn]
+hidden=3
+output=3
+[gru]
+output=3
+[lstm]
+output=2
+""",
+    "crnn": """[net]
+width=3
+height=3
+channels=2
+[crnn]
+hidden=2
+output=2
+pad=1
+""",
+})
+
+
 def _suite_cfgs() -> dict[str, str]:
     """Every cfg the suite builds, cheapest first: the snippets, tiny.cfg, then the reference and shipped cfgs."""
     shipped = sorted((ROOT / "cfg").glob("*.cfg"))
@@ -127,5 +207,5 @@ def test_every_block_type_builds(name: str) -> None:
 def test_registered_keys_are_enforced() -> None:
     """The keys a builder registers are the only ones the model accepts for that section."""
     text = SNIPPETS["classifier"].replace("[dropout]\n", "[dropout]\nfilters=3\n")
-    with pytest.raises(CfgError, match="unknown key for \\[dropout\\]; known: probability"):
+    with pytest.raises(CfgError, match="unknown key for \\[dropout\\]; known: dropblock, dropblock_size_abs, dropblock_size_rel, probability"):
         Darknet.from_cfg_text(text)

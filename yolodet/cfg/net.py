@@ -12,10 +12,13 @@ from typing import Mapping
 
 from yolodet.cfg.parser import CfgBlock, CfgError
 
-__all__ = ["LR_POLICIES", "NetConfig"]
+__all__ = ["DARKNET_POLICIES", "LR_POLICIES", "NetConfig"]
 
 LR_POLICIES = ("steps", "constant", "poly", "exp")
-"""The ``policy=`` values yolodet trains with (Darknet also knows ``step``, ``sig``, ``random``, ``sgdr``)."""
+"""The ``policy=`` values yolodet trains with (training refuses the others; inference ignores the policy)."""
+
+DARKNET_POLICIES = LR_POLICIES + ("step", "sig", "random", "sgdr")
+"""Every ``policy=`` Darknet's ``get_policy`` knows (it silently falls back to ``constant`` for any other name)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class NetConfig:
 
     Attributes:
         width, height, channels: network input (default 416 x 416 x 3; Darknet has no default and needs them).
+            A ``[net]`` with only ``inputs=N`` (Darknet's flat input) is read as ``channels=N``, 1 x 1.
         batch: images per optimiser step (Darknet's ``batch``).
         subdivisions: mini-batches per step; ``batch / subdivisions`` images go through the network at once.
         learning_rate, momentum: SGD settings.
@@ -74,20 +78,24 @@ class NetConfig:
         d = cls()
         ints = {k: block.get_int(k, getattr(d, k)) for k in
                 ("width", "height", "channels", "batch", "subdivisions", "max_batches", "burn_in")}
-        for key in ("width", "height", "channels", "batch", "subdivisions", "max_batches"):
+        if block.has("inputs") and not any(block.has(k) for k in ("width", "height", "channels")):
+            # Darknet's flat input (text RNNs: rnn.cfg, gru.cfg): net.inputs values, read here as inputs x 1 x 1
+            ints.update(width=1, height=1, channels=block.get_int("inputs"))
+        for key in ("width", "height", "channels", "batch", "subdivisions"):
             if ints[key] < 1:
                 raise block.error(f"must be >= 1, got {ints[key]}", key)
-        if ints["burn_in"] < 0:
-            raise block.error(f"must be >= 0, got {ints['burn_in']}", "burn_in")
+        for key in ("burn_in", "max_batches"):  # max_batches=0 (Darknet's default): training refuses it, not a build
+            if ints[key] < 0:
+                raise block.error(f"must be >= 0, got {ints[key]}", key)
         floats = {k: block.get_float(k, getattr(d, k)) for k in
                   ("learning_rate", "momentum", "decay", "power", "gamma", "hue", "saturation", "exposure")}
         if floats["learning_rate"] < 0:
             raise block.error(f"must be >= 0, got {floats['learning_rate']}", "learning_rate")
         flags = {k: block.get_int(k, int(getattr(d, k))) != 0 for k in ("letter_box", "mosaic", "flip")}
         policy = block.get_str("policy", d.policy)
-        if policy not in LR_POLICIES:
-            raise block.error(f"lr policy {policy!r} is not supported; supported: {', '.join(LR_POLICIES)}",
-                              "policy")
+        if policy not in DARKNET_POLICIES:
+            raise block.error(f"unknown lr policy {policy!r} (Darknet would silently use constant); known: "
+                              f"{', '.join(DARKNET_POLICIES)}", "policy")
         steps = tuple(block.get_ints("steps", [])) if block.has("steps") else ()
         scales = list(block.get_floats("scales", [])) if block.has("scales") else []
         if list(steps) != sorted(steps):

@@ -28,6 +28,9 @@ SECTION_ALIASES: Mapping[str, str] = {
     "network": "net",
     "conn": "connected",
     "soft": "softmax",
+    "silence": "empty",
+    "local_avg": "local_avgpool",
+    "lrn": "normalization",
 }
 
 

@@ -15,7 +15,13 @@ from typing import Sequence
 
 import torch
 
+from yolodet.errors import YolodetError
+
 from yolodet.modeling.blocks.yolo import HeadSpec, common_class_count
+
+
+class DecodeError(YolodetError, ValueError):
+    """A model whose heads this decoder cannot read."""
 
 
 class YoloDecoder:
@@ -27,6 +33,10 @@ class YoloDecoder:
     """
 
     def __init__(self, heads: Sequence[HeadSpec]) -> None:
+        kinds = sorted({getattr(h, "kind", "yolo") for h in heads} - {"yolo"})
+        if kinds:
+            raise DecodeError(f"decoding {', '.join(f'[{k}]' for k in kinds)} heads is not implemented yet (the "
+                              "model computes their raw outputs exactly as Darknet; only [yolo] heads decode)")
         self.num_classes = common_class_count(heads, "decode")
         self.heads = list(heads)
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -22,7 +22,7 @@ from yolodet.inference.optimize import (
 )
 from yolodet.inference.onnx_graph import require
 from yolodet.inference.ort import OrtRunner
-from yolodet.inference.postprocess import Detections, postprocess
+from yolodet.inference.postprocess import Detections, nms_settings, postprocess
 from yolodet.inference.preprocess import PREPROCESS_MODES, Mapping, preprocess
 from yolodet.inference.settings import CONF_THRES, NMS_THRES, check_thresholds, parse_size
 
@@ -77,6 +77,7 @@ class Detector:
         if len(self.names) != model.num_classes:
             raise ValueError(f"{len(self.names)} class names for a model with {model.num_classes} classes")
         self.decoder = YoloDecoder(model.heads)
+        self.nms_kind, self.beta_nms = nms_settings(model.heads)  # the cfg's, as Darknet's detector applies them
         self.precision = resolve_precision(precision, self.device)
         if optimize not in (True, False, "auto"):
             raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
@@ -140,7 +141,8 @@ class Detector:
             outputs = net(batch)
         self._forwards += 1
         preds = self.decoder([o.float() for o in outputs], (batch.shape[3], batch.shape[2]))
-        return postprocess(preds, conf_thres=conf_thres, nms_thres=nms_thres, mappings=mappings, max_det=max_det)
+        return postprocess(preds, conf_thres=conf_thres, nms_thres=nms_thres, mappings=mappings, max_det=max_det,
+                           nms_kind=self.nms_kind, beta_nms=self.beta_nms)
 
     def predict(self, images: Sequence[np.ndarray], *, conf_thres: float = CONF_THRES, nms_thres: float = NMS_THRES,
                 batch_size: int = 8, max_det: int | None = None) -> list[Detections]:

@@ -4,6 +4,13 @@ Darknet's rule (``get_yolo_detections`` + ``do_nms_sort``): a prediction is a ca
 above ``conf_thres``; then every class whose ``obj * cls`` is above ``conf_thres`` becomes one detection
 (multi-label). NMS runs per class (``torchvision.ops.batched_nms``) on unclipped boxes; boxes are then mapped
 back to the original image and clipped, as Darknet does when it prints or writes them.
+
+``nms_kind`` other than ``default`` (read from the cfg's last head, as ``detector test/valid/map`` read
+``net.layers[net.n - 1]``) follows AlexeyAB's ``diounms_sort``: per class, greedy in descending score, a later box
+is suppressed when ``metric(kept, box) > nms_thres`` with ``greedynms``: DIoU with exponent 0.6
+(``box_diou``: ``IoU - (d^2 / c^2)^0.6``), ``diounms``: ``IoU - (d^2 / c^2)^beta_nms`` (``box_diounms``),
+``cornersnms``: IoU (the corner averaging is commented out in Darknet). ``d`` is the centre distance and ``c`` the
+diagonal of the enclosing box, in Darknet's coordinates: fractions of the image's width and height.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from yolodet.inference.boxes import cxcywh_to_xyxy
 from yolodet.inference.preprocess import Mapping
@@ -47,19 +54,76 @@ def candidates(pred: torch.Tensor, conf_thres: float) -> Detections:
     return Detections(cxcywh_to_xyxy(pred[rows, :4]), scores[rows, labels], labels)
 
 
+NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
+
+
+def nms_settings(heads: Sequence) -> tuple[str, float]:
+    """(nms_kind, beta_nms) Darknet applies for a model's heads: those of the last head (Darknet reads the
+    network's last layer). ``("default", 0.6)`` without heads."""
+    if not heads:
+        return "default", 0.6
+    last = heads[-1]
+    return getattr(last, "nms_kind", "default"), getattr(last, "beta_nms", 0.6)
+
+
+def diou_matrix(boxes: torch.Tensor, beta: float) -> torch.Tensor:
+    """[N, 4] xyxy -> [N, N] ``IoU - (d^2 / c^2) ** beta`` (Darknet's ``box_diounms``; IoU where ``c == 0``)."""
+    iou = box_iou(boxes, boxes)
+    lt = torch.minimum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = torch.maximum(boxes[:, None, 2:], boxes[None, :, 2:])
+    c = ((rb - lt) ** 2).sum(-1)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    d = ((centre[:, None] - centre[None]) ** 2).sum(-1)
+    return torch.where(c > 0, iou - (d / c.clamp_min(1e-30)) ** beta, iou)
+
+
+def darknet_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, thresh: float, kind: str,
+                beta: float = 0.6, scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """AlexeyAB's ``diounms_sort`` (see the module docstring) -> kept indices, by descending score.
+
+    Args:
+        boxes: [N, 4] xyxy; scale: (w, h) that boxes are divided by first (Darknet's DIoU term is computed on
+            fractions of the image, so it is not invariant to a per-axis scale).
+    """
+    if kind not in NMS_KINDS:
+        raise ValueError(f"unknown nms_kind {kind!r}; known: {', '.join(NMS_KINDS)}")
+    if kind in ("default", "cornersnms") or boxes.numel() == 0:
+        return batched_nms(boxes.float(), scores.float(), labels, thresh)
+    exponent = 0.6 if kind == "greedynms" else beta
+    boxes = boxes.double() / boxes.new_tensor([scale[0], scale[1], scale[0], scale[1]]).double()
+    kept = []
+    for k in labels.unique():
+        idx = (labels == k).nonzero(as_tuple=True)[0]
+        idx = idx[scores[idx].argsort(descending=True, stable=True)]
+        metric = diou_matrix(boxes[idx], exponent) > thresh
+        suppressed = torch.zeros(len(idx), dtype=torch.bool)
+        for i in range(len(idx)):
+            if suppressed[i]:
+                continue
+            kept.append(idx[i])
+            suppressed[i + 1:] |= metric[i, i + 1:]
+    if not kept:
+        return labels.new_zeros(0)
+    kept_t = torch.stack(kept)
+    return kept_t[scores[kept_t].argsort(descending=True, stable=True)]
+
+
 def postprocess(preds: torch.Tensor, *, conf_thres: float = 0.25, nms_thres: float = 0.45,
-                mappings: Sequence[Mapping] | None = None, max_det: int | None = None) -> list[Detections]:
+                mappings: Sequence[Mapping] | None = None, max_det: int | None = None, nms_kind: str = "default",
+                beta_nms: float = 0.6) -> list[Detections]:
     """Decoded predictions [B, N, 5+C] (see :class:`yolodet.decode.YoloDecoder`) -> one :class:`Detections` per
     image, sorted by score (descending).
 
     Args:
         mappings: one per image; boxes are mapped to original pixels and clipped when given.
         max_det: keep at most this many detections per image (all when None, as Darknet).
+        nms_kind, beta_nms: Darknet's ``[yolo]`` keys (see the module docstring and :func:`nms_settings`).
     """
     results = []
     for i, pred in enumerate(preds):
         det = candidates(pred, conf_thres)
-        keep = batched_nms(det.boxes.float(), det.scores.float(), det.labels, nms_thres)
+        scale = (mappings[i].new_w, mappings[i].new_h) if mappings is not None else (1.0, 1.0)
+        keep = darknet_nms(det.boxes, det.scores, det.labels, nms_thres, nms_kind, beta_nms, scale)
         if max_det is not None:
             keep = keep[:max_det]
         boxes = det.boxes[keep]

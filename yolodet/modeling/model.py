@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 import yolodet.modeling.blocks  # noqa: F401  (registers the built-in block types)
-from yolodet.modeling.blocks.base import Block, BuildContext
-from yolodet.modeling.blocks.yolo import HeadSpec, YoloHead
+from yolodet.modeling.blocks.base import Block, BuildContext, HeadBlock
+from yolodet.modeling.blocks.conv import apply_bin_output
+from yolodet.modeling.blocks.yolo import HeadSpec
 from yolodet.cfg import CfgBlock, CfgError, parse_cfg_text
+from yolodet.cfg.darknet_keys import COMMON, DARKNET_KEYS, ZERO_ONLY, darknet_reads, did_you_mean, training_only
 from yolodet.cfg.net import NetConfig
 from yolodet.modeling.registry import BLOCKS
 
@@ -31,14 +33,33 @@ of times, a padding of 1e9) that must be a :class:`CfgError` at build time, not 
 calculation overflowed``, an out-of-memory kill or a forward pass that never ends."""
 
 
-def _validate_keys(block: CfgBlock) -> None:
+def _validate_keys(block: CfgBlock, unknown_keys: str = "error") -> None:
+    """Every key must be implemented by the block, or be one Darknet reads only for training (no effect on
+    inference, see :mod:`yolodet.cfg.darknet_keys`); anything else is an error saying which of the two it is."""
     if block.type not in BLOCKS:
+        if block.type in DARKNET_KEYS:
+            raise block.error(f"Darknet's [{block.type}] layer is not implemented by yolodet; implemented: "
+                              f"{', '.join(BLOCKS.names())}")
         raise block.error(f"unknown section type [{block.type}]; known: {', '.join(BLOCKS.names())}")
-    known = BLOCKS.get(block.type).keys
-    for key in block.options:
-        if key not in known:
-            raise block.error(f"unknown key for [{block.type}]; known: {', '.join(sorted(known)) or '(none)'}",
-                              key)
+    implemented = BLOCKS.get(block.type).keys
+    accepted = implemented | training_only(block.type)
+    for key, value in block.options.items():
+        if key in accepted:
+            if key in ZERO_ONLY and block.get_int(key) != 0 and key not in implemented:
+                raise block.error(f"{key}={value} makes Darknet skip this layer's bytes when it reads .weights "
+                                  "(the next layer reads them); yolodet supports only 0", key)
+            continue
+        if key in darknet_reads(block.type):
+            raise block.error(f"Darknet reads this key for [{block.type}] and it changes what the layer computes, "
+                              "but yolodet does not implement it", key)
+        known = accepted | darknet_reads(block.type)
+        own = sorted(known - COMMON)
+        if unknown_keys == "ignore":  # Darknet's own behaviour: "Unused field", then go on
+            log.warning("%s:%d: [%s] %s: no Darknet layer reads this key; ignored as Darknet does%s", block.path,
+                        block.key_lines.get(key, block.line), block.type, key, did_you_mean(key, known))
+            continue
+        raise block.error(f"unknown key for [{block.type}]{did_you_mean(key, known)}; known: "
+                          f"{', '.join(own) or '(none)'} (and for every layer: {', '.join(sorted(COMMON))})", key)
 
 
 class Darknet(nn.Module):
@@ -47,6 +68,9 @@ class Darknet(nn.Module):
     Args:
         blocks: parsed cfg (``[net]`` first), see :func:`yolodet.cfg.parse_cfg_text`.
         cfg_text: the cfg source, kept so checkpoints can embed it.
+        unknown_keys: ``"error"`` (default): a key no Darknet parser reads is a :class:`CfgError` with a
+            did-you-mean; ``"ignore"``: logged and ignored, as Darknet itself does ("Unused field"), for cfgs such
+            as AlexeyAB's ``yolov4-sam-mish-csp-reorg-bfm.cfg`` (``beta1=``).
 
     Attributes:
         net: the ``[net]`` section, typed (:class:`yolodet.cfg.net.NetConfig`): input size, training keys.
@@ -54,15 +78,17 @@ class Darknet(nn.Module):
         heads: one :class:`HeadSpec` per ``[yolo]`` section, in cfg order (same order as ``forward``'s list).
     """
 
-    def __init__(self, blocks: list[CfgBlock], *, cfg_text: str = "") -> None:
+    def __init__(self, blocks: list[CfgBlock], *, cfg_text: str = "", unknown_keys: str = "error") -> None:
         super().__init__()
         if not blocks or blocks[0].type != "net":
             raise CfgError("the first section must be [net]")
         self.net = NetConfig.from_block(blocks[0])
         self.cfg_text = cfg_text
         self.cfg_path = blocks[0].path
+        if unknown_keys not in ("error", "ignore"):
+            raise ValueError(f"unknown_keys must be 'error' or 'ignore', got {unknown_keys!r}")
         for block in blocks[1:]:  # validate every section before building any of them
-            _validate_keys(block)
+            _validate_keys(block, unknown_keys)
         if len(blocks) < 2:
             raise blocks[0].error("the cfg has no layers after [net]")
         ctx = BuildContext(self.net)
@@ -70,25 +96,26 @@ class Darknet(nn.Module):
             layer = _build(block, ctx)
             ctx.layers.append(layer)
             ctx.shapes.append(tuple(layer.out_shape))
+        apply_bin_output(ctx.layers)
         self.layers = nn.ModuleList(ctx.layers)
-        self.heads: list[HeadSpec] = [m.spec for m in self.layers if isinstance(m, YoloHead)]
+        self.heads: list[HeadSpec] = [m.spec for m in self.layers if isinstance(m, HeadBlock)]
         self._outputs = [h.layer for h in self.heads] or [len(self.layers) - 1]
         needed = {s for m in self.layers for s in m.sources} | set(self._outputs)
         self._keep = [i in needed for i in range(len(self.layers))]
 
     @classmethod
-    def from_cfg(cls, path: str | os.PathLike) -> "Darknet":
-        """Parse and build a cfg file."""
+    def from_cfg(cls, path: str | os.PathLike, *, unknown_keys: str = "error") -> "Darknet":
+        """Parse and build a cfg file (``unknown_keys``: see the class)."""
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise CfgError(f"cannot read cfg: {exc.strerror or exc}", path=str(p)) from None
-        return cls(parse_cfg_text(text, str(p)), cfg_text=text)
+        return cls(parse_cfg_text(text, str(p)), cfg_text=text, unknown_keys=unknown_keys)
 
     @classmethod
-    def from_cfg_text(cls, text: str, path: str = "<cfg>") -> "Darknet":
-        return cls(parse_cfg_text(text, path), cfg_text=text)
+    def from_cfg_text(cls, text: str, path: str = "<cfg>", *, unknown_keys: str = "error") -> "Darknet":
+        return cls(parse_cfg_text(text, path), cfg_text=text, unknown_keys=unknown_keys)
 
     @property
     def num_classes(self) -> int:
@@ -101,6 +128,26 @@ class Darknet(nn.Module):
             x = layer(x, [saved[s] for s in layer.sources])
             saved.append(x if keep else None)
         return [saved[i] for i in self._outputs]
+
+    def reset_state(self) -> None:
+        """Zero the hidden state of every recurrent layer (``[rnn]``, ``[gru]``, ``[lstm]``, ``[crnn]``), which
+        otherwise carries over from one forward to the next as in Darknet (see ``yolodet.modeling.blocks.recurrent``)."""
+        for layer in self.layers:
+            if hasattr(layer, "reset_state"):
+                layer.reset_state()
+
+    def layer_outputs(self, x: torch.Tensor, layers: "list[int] | None" = None) -> dict[int, torch.Tensor]:
+        """x: [B, C, H, W] -> {Darknet layer index: that layer's output} for ``layers`` (default: all of them).
+
+        For inspection and oracle tests (Darknet's ``l.output`` of any layer); ``forward`` keeps only what it needs.
+        """
+        wanted = set(range(len(self.layers)) if layers is None else
+                     (i + len(self.layers) if i < 0 else i for i in layers))
+        saved: list[torch.Tensor] = []
+        for layer in self.layers[:max(wanted) + 1]:
+            x = layer(x, [saved[s] for s in layer.sources])
+            saved.append(x)
+        return {i: saved[i] for i in sorted(wanted)}
 
 
 def _build(block: CfgBlock, ctx: BuildContext) -> Block:

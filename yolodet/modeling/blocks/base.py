@@ -33,6 +33,21 @@ class Block(nn.Module):
         return []
 
 
+class HeadBlock(Block):
+    """A detection head (``[yolo]``, ``[region]``, ``[Gaussian_yolo]``, ``[detection]``): the identity in the model
+    (its input is the raw head output the model returns); ``spec`` (a frozen dataclass with a ``kind``) is what
+    decode and the loss read."""
+
+    spec: object
+
+    def __init__(self, spec: object, out_shape: Shape) -> None:
+        super().__init__()
+        self.spec, self.out_shape = spec, out_shape
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        return x
+
+
 @dataclass
 class BuildContext:
     """What a builder may know about the network built so far.

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from yolodet.modeling.blocks.activations import (Gelu, HardMish, Lhtan, Loggy, NormalizeChannels,
+                                                  NormalizeChannelsSoftmax, Plse, Ramp, Selu, Stair)
 from yolodet.modeling.blocks.base import Block, BuildContext
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.registry import BLOCKS
@@ -21,18 +25,32 @@ def _check_weights(block: CfgBlock, count: int, key: str) -> None:
         raise block.error(f"this layer would have {count} weights, more than the limit of {MAX_WEIGHTS}", key)
 
 
-ACTIVATIONS: dict[str, type[nn.Module] | None] = {
+ACTIVATIONS: dict[str, Callable[[], nn.Module] | None] = {
     "linear": None,
     "logistic": nn.Sigmoid,
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
-    "mish": nn.Mish,
+    "mish": nn.Mish,  # Darknet's softplus threshold 20 is PyTorch's too
     "swish": nn.SiLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
-    "selu": nn.SELU,
+    "selu": Selu,
+    "gelu": Gelu,
+    "loggy": Loggy,
+    "relie": lambda: nn.LeakyReLU(0.01),
+    "revleaky": lambda: nn.LeakyReLU(0.1),  # Darknet's forward treats revleaky as leaky
+    "ramp": Ramp,
+    "plse": Plse,
+    "hardtan": nn.Hardtanh,
+    "lhtan": Lhtan,
+    "stair": Stair,
+    "hard_mish": HardMish,
+    "normalize_channels": NormalizeChannels,
+    "normalize_channels_softmax": lambda: NormalizeChannelsSoftmax(False),
+    "normalize_channels_softmax_maxval": lambda: NormalizeChannelsSoftmax(True),
 }
-"""Darknet activation name -> module (``leaky`` is handled separately: its slope is 0.1, not PyTorch's 0.01)."""
+"""Every activation of Darknet's ``activations.c`` -> module factory (``leaky`` is handled separately: its slope is
+0.1, not PyTorch's 0.01)."""
 
 
 def make_activation(block: CfgBlock, default: str) -> nn.Module:
@@ -41,8 +59,8 @@ def make_activation(block: CfgBlock, default: str) -> nn.Module:
     if name == "leaky":
         return nn.LeakyReLU(0.1)
     if name not in ACTIVATIONS:
-        raise block.error(f"unknown activation {name!r}; known: leaky, {', '.join(sorted(ACTIVATIONS))}",
-                          "activation")
+        raise block.error(f"unknown activation {name!r} (Darknet would print a note and silently use relu "
+                          f"instead); known: leaky, {', '.join(sorted(ACTIVATIONS))}", "activation")
     kind = ACTIVATIONS[name]
     return nn.Identity() if kind is None else kind()
 
@@ -50,10 +68,19 @@ def make_activation(block: CfgBlock, default: str) -> nn.Module:
 class ConvBlock(Block):
     """``[convolutional]``: Conv2d (+ BatchNorm2d, eps 1e-5) + activation. Input [B, C, H, W]."""
 
+    shares: int | None = None
+    """``share_index``: the layer whose weights, bias and BN this one uses (not stored again in ``.weights``)."""
+
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: nn.Module, out_shape) -> None:
         super().__init__()
         self.conv, self.bn, self.act = conv, bn, act
         self.out_shape = out_shape
+
+    def share(self, other: "ConvBlock", index: int) -> None:
+        """Use ``other``'s weights, bias and batch-norm (Darknet's ``share_index``)."""
+        self.conv.weight = other.conv.weight
+        self.conv.bias = other.conv.bias
+        self.bn, self.shares = other.bn, index
 
     def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
         x = self.conv(x)
@@ -62,7 +89,10 @@ class ConvBlock(Block):
         return self.act(x)
 
     def darknet_tensors(self) -> list[torch.Tensor]:
-        """Darknet order: BN ``beta, gamma, mean, var`` (or conv ``bias``), then ``weights[n, c/groups, k, k]``."""
+        """Darknet order: BN ``beta, gamma, mean, var`` (or conv ``bias``), then ``weights[n, c/groups, k, k]``;
+        nothing for a layer that shares another's (``share_index``: Darknet's ``load_weights`` skips it)."""
+        if self.shares is not None:
+            return []
         if self.bn is not None:
             head = [self.bn.bias, self.bn.weight, self.bn.running_mean, self.bn.running_var]
         else:
@@ -71,7 +101,8 @@ class ConvBlock(Block):
 
 
 @BLOCKS.register("convolutional", keys=("filters", "size", "stride", "stride_x", "stride_y", "pad", "padding",
-                                        "groups", "dilation", "batch_normalize", "activation"))
+                                        "groups", "dilation", "batch_normalize", "activation", "share_index",
+                                        "xnor", "binary", "bin_output"))
 def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     """Darknet convolution: ``pad=1`` means padding = size/2 and overrides ``padding``."""
     c, h, w = ctx.in_shape
@@ -88,6 +119,12 @@ def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     padding = size // 2 if block.get_int("pad", 0) else block.get_int("padding", 0)
     if padding < 0:
         raise block.error(f"must be >= 0, got {padding}", "padding")
+    # Darknet: output size (h + 2*pad - size) / stride + 1, but im2col pads pad*dilation with a dilated kernel;
+    # the two agree only when 2*pad = size - 1 or dilation = 1.
+    if dilation > 1 and 2 * padding != size - 1:
+        raise block.error(f"dilation={dilation} needs pad=1 with an odd size or padding=(size-1)/2 (Darknet's "
+                          f"output size ignores dilation; its im2col does not)", "dilation")
+    padding *= dilation
     if c % groups or filters % groups:
         raise block.error(f"groups={groups} must divide the input channels ({c}) and filters ({filters})",
                           "groups")
@@ -104,7 +141,80 @@ def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
     bn = bool(block.get_int("batch_normalize", 0))
     conv = nn.Conv2d(c, filters, size, (stride_y, stride_x), padding, dilation, groups, bias=not bn)
     norm = nn.BatchNorm2d(filters, eps=BN_EPS, momentum=0.01) if bn else None  # Darknet: rolling avg 0.99
-    return ConvBlock(conv, norm, make_activation(block, "logistic"), (filters, out_h, out_w))
+    layer = ConvBlock(conv, norm, make_activation(block, "logistic"), (filters, out_h, out_w))
+    if block.has("share_index"):
+        _share(block, ctx, layer)
+    if block.get_int("binary", 0) and not block.get_int("xnor", 0):
+        raise block.error("binary=1 without xnor: Darknet's CPU forward uses the float weights once and then "
+                          "swaps in its binary buffer (different results on each call); not supported", "binary")
+    if block.get_int("xnor", 0):
+        if groups != 1 or dilation != 1 or stride_x != stride_y:
+            raise block.error("xnor=1 needs groups=1, dilation=1 and equal strides (Darknet's bit-packed "
+                              "inference path)", "xnor")
+        return XnorConv(layer, bin_output=bool(block.get_int("bin_output", 0)))
+    return layer
+
+
+class XnorConv(Block):
+    """``[convolutional] xnor=1`` as Darknet's ``detector test/valid`` compute it (``fuse_conv_batchnorm``, then
+    ``calculate_binary_weights`` and the bit-packed GEMM): with BN folded into the weights ``W`` and bias ``b``,
+    ``out = mean|W_f| * conv(sign(W_f), sign(x)) + b_f`` per filter ``f``, where ``sign(v) = v > 0 ? 1 : -1`` and the
+    padding counts as -1 (a 0 bit). ``bin_output=1`` makes the activation linear unless a later ``[route]``,
+    ``[shortcut]``, ``[sam]`` or ``[scale_channels]`` reads this layer (Darknet resets ``use_bin_output`` then; see
+    :func:`apply_bin_output`).
+
+    Warning: Darknet without ``fuse_conv_batchnorm`` (the oracle's default) skips the BN normalisation of xnor
+    layers entirely (only the bias is added); yolodet follows the fused path every Darknet detector command runs.
+    """
+
+    def __init__(self, inner: ConvBlock, bin_output: bool) -> None:
+        super().__init__()
+        self.inner, self.bin_output, self.out_shape = inner, bin_output, inner.out_shape
+        self.linear = False  # set by apply_bin_output
+
+    def _fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+        conv, bn = self.inner.conv, self.inner.bn
+        if bn is None:
+            return conv.weight, conv.bias
+        k = bn.weight / torch.sqrt(bn.running_var + BN_EPS)
+        return conv.weight * k[:, None, None, None], bn.bias - bn.running_mean * k
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        w, b = self._fused()
+        mean = w.abs().mean((1, 2, 3))
+        sw = torch.where(w > 0, 1.0, -1.0).to(x.dtype)
+        sx = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
+        p = self.inner.conv.padding[0]
+        out = F.conv2d(F.pad(sx, (p, p, p, p), value=-1.0), sw, stride=self.inner.conv.stride)
+        out = out * mean.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+        return out if self.linear else self.inner.act(out)
+
+    def darknet_tensors(self) -> list[torch.Tensor]:
+        return self.inner.darknet_tensors()
+
+
+def apply_bin_output(layers: list[Block]) -> None:
+    """Darknet's ``use_bin_output``: an xnor layer with ``bin_output=1`` gets a linear activation unless a later
+    layer reads it by index (``[route]``, ``[shortcut]``, ``[sam]``, ``[scale_channels]``) or, for the last three,
+    is the layer before them."""
+    read = {s for layer in layers for s in layer.sources}
+    before = {i - 1 for i, layer in enumerate(layers) if type(layer).__name__ in ("Shortcut", "Sam", "ScaleChannels")}
+    for i, layer in enumerate(layers):
+        if isinstance(layer, XnorConv):
+            layer.linear = layer.bin_output and i not in read and i not in before
+
+
+def _share(block: CfgBlock, ctx: BuildContext, layer: ConvBlock) -> None:
+    """``share_index`` (absolute when >= 0, else relative): reuse that conv layer's parameters."""
+    source = ctx.resolve(block, "share_index", block.get_int("share_index"))
+    other = ctx.layers[source]
+    if not isinstance(other, ConvBlock):
+        raise block.error(f"layer {source} is not a [convolutional] layer", "share_index")
+    if other.conv.weight.shape != layer.conv.weight.shape or (other.bn is None) != (layer.bn is None):
+        raise block.error(f"layer {source}'s weights {tuple(other.conv.weight.shape)} (batch_normalize="
+                          f"{int(other.bn is not None)}) do not match this layer's {tuple(layer.conv.weight.shape)}",
+                          "share_index")
+    layer.share(other, source)
 
 
 class ConnectedBlock(Block):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,6 +12,8 @@ from yolodet.modeling.blocks.base import Block, BuildContext, Shape
 from yolodet.modeling.blocks.conv import make_activation
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.registry import BLOCKS
+
+log = logging.getLogger(__name__)
 
 
 class MaxPool(Block):
@@ -163,46 +167,100 @@ def build_route(block: CfgBlock, ctx: BuildContext) -> Route:
 
 
 class Shortcut(Block):
-    """``[shortcut]``: input + sum of the ``from`` outputs, then the activation.
+    """``[shortcut]``: input + sum of the ``from`` outputs (optionally weighted), then the activation.
 
-    Darknet (AlexeyAB's ``shortcut_multilayer_cpu``) adds per image over the *flattened* CHW arrays: a ``from``
-    output with fewer elements is added into the first elements only (the first channels when H, W match), one with
-    more elements contributes its first ``C*H*W`` elements.
+    Same H, W (AlexeyAB's ``shortcut_multilayer_cpu``, the only case AlexeyAB's Darknet accepts): a ``from`` output
+    with fewer channels is added into the first channels, one with more contributes its first ``C`` channels.
+    ``weights_type=per_feature`` (``per_layer``) / ``per_channel`` scale the input and each ``from`` by learned
+    weights ``[n+1]`` / ``[n+1, C]`` (in the ``.weights`` file), normalised by ``weights_normalization``
+    (``relu``: ``relu(w) / (1e-4 + sum relu(w))``, ``softmax``: ``exp(w - max) / (1e-4 + sum exp(w - max))``).
 
-    Warning: pjreddie's Darknet instead subsamples a larger ``from`` spatially (``resnet50.cfg``'s downsampling
-    shortcuts); yolodet follows AlexeyAB, the reference for current cfgs.
+    Different H, W (pjreddie's ``resnet50/101/152.cfg``, ``resnext152-32x4d.cfg``, which AlexeyAB's Darknet refuses
+    in ``parse_shortcut``): pjreddie's ``shortcut_cpu`` rule, one ``from`` only: with ``stride = from_w / w`` and
+    ``sample = w / from_w`` (each at least 1), ``out[c, j*sample, i*sample] += from[c, j*stride, i*stride]`` for
+    ``c < min(C)``, ``j < min(H)``, ``i < min(W)``.
     """
 
-    def __init__(self, sources: tuple[int, ...], act: nn.Module, out_shape: Shape) -> None:
+    def __init__(self, sources: tuple[int, ...], act: nn.Module, out_shape: Shape, *, weights: int = 0,
+                 channels: int = 1, normalization: str = "none", pjreddie: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.sources, self.act, self.out_shape = sources, act, out_shape
+        self.normalization, self.pjreddie = normalization, pjreddie
+        self.weight = nn.Parameter(torch.ones(weights, channels)) if weights else None
+
+    def _weights(self) -> torch.Tensor | None:
+        """[n+1, C or 1] weights after ``weights_normalization``."""
+        w = self.weight
+        if w is None or self.normalization == "none":
+            return w
+        if self.normalization == "relu":
+            w = torch.relu(w)
+        else:
+            w = torch.exp(w - w.amax(0, keepdim=True))
+        return w / (1e-4 + w.sum(0, keepdim=True))
 
     def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
-        out = x
-        for r in refs:
-            if r.shape == out.shape:
-                out = out + r
-            elif r.shape[2:] == out.shape[2:]:  # same H, W: the first channels
-                c = min(r.shape[1], out.shape[1])
-                out = torch.cat([out[:, :c] + r[:, :c], out[:, c:]], 1) if c < out.shape[1] else out + r[:, :c]
-            else:
-                flat, add = out.flatten(1), r.flatten(1)
-                n = min(flat.shape[1], add.shape[1])
-                out = torch.cat([flat[:, :n] + add[:, :n], flat[:, n:]], 1).view_as(out)
+        if self.pjreddie is not None:
+            return self.act(_pjreddie_shortcut(x, refs[0], *self.pjreddie))
+        w = self._weights()
+        out = x if w is None else x * w[0].view(1, -1, 1, 1)
+        for k, r in enumerate(refs, start=1):
+            c = min(r.shape[1], out.shape[1])
+            add = r[:, :c]
+            if w is not None:  # per_channel: weight k of each channel; per_feature: one weight k
+                add = add * (w[k, :c].view(1, -1, 1, 1) if w.shape[1] > 1 else w[k])
+            out = out + add if c == out.shape[1] else torch.cat([out[:, :c] + add, out[:, c:]], 1)
         return self.act(out)
+
+    def darknet_tensors(self) -> list[torch.Tensor]:
+        """The ``weights_type`` weights, ``[n+1, C]`` row-major as ``load_shortcut_weights`` reads them."""
+        return [] if self.weight is None else [self.weight.data]
+
+
+def _pjreddie_shortcut(x: torch.Tensor, add: torch.Tensor, stride: int, sample: int) -> torch.Tensor:
+    """pjreddie's ``shortcut_cpu`` (``s1 = s2 = 1``): x [B, C2, H2, W2] += strided ``add`` [B, C1, H1, W1]."""
+    c = min(x.shape[1], add.shape[1])
+    h, w = min(x.shape[2], add.shape[2]), min(x.shape[3], add.shape[3])
+    src = add[:, :c, 0:h * stride:stride, 0:w * stride:stride][:, :, :h, :w]
+    out = x.clone()
+    out[:, :c, 0:h * sample:sample, 0:w * sample:sample][:, :, :h, :w] += src
+    return out
+
+
+_SHORTCUT_WEIGHTS = {"none": 0, "per_feature": 1, "per_layer": 1, "per_channel": 2}
+_SHORTCUT_NORMALIZATION = {"none": "none", "relu": "relu", "avg_relu": "relu", "softmax": "softmax"}
 
 
 @BLOCKS.register("shortcut", keys=("from", "activation", "weights_type", "weights_normalization"))
 def build_shortcut(block: CfgBlock, ctx: BuildContext) -> Shortcut:
     """Residual addition of earlier layers."""
     sources = tuple(ctx.resolve(block, "from", i) for i in block.get_ints("from"))
-    if block.get_str("weights_type", "none") != "none":
-        raise block.error("weighted shortcuts (weights_type other than none) are not supported yet",
-                          "weights_type")
-    if block.get_str("weights_normalization", "none") != "none":
-        raise block.error("weights_normalization needs weights_type, which is not supported yet",
+    wtype = block.get_str("weights_type", "none")
+    if wtype not in _SHORTCUT_WEIGHTS:
+        raise block.error(f"unknown weights_type {wtype!r}; known: {', '.join(_SHORTCUT_WEIGHTS)}", "weights_type")
+    norm = block.get_str("weights_normalization", "none")
+    if norm not in _SHORTCUT_NORMALIZATION:
+        raise block.error(f"unknown weights_normalization {norm!r}; known: {', '.join(_SHORTCUT_NORMALIZATION)}",
                           "weights_normalization")
-    return Shortcut(sources, make_activation(block, "linear"), ctx.in_shape)
+    c, h, w = ctx.in_shape
+    act = make_activation(block, "linear")
+    odd = [s for s in sources if ctx.shapes[s][1:] != (h, w)]
+    if odd:
+        fc, fh, fw = ctx.shapes[odd[0]]
+        where = f"layer {odd[0]} is {fc}x{fh}x{fw}, the input is {c}x{h}x{w}"
+        if len(sources) > 1 or wtype != "none":
+            raise block.error(f"{where}: a shortcut between maps of different sizes exists only in pjreddie's "
+                              "Darknet, with one 'from' and no weights (AlexeyAB's refuses it)", "from")
+        stride, sample = max(1, fw // w), max(1, w // fw)
+        if max(1, fh // h) != stride or max(1, h // fh) != sample:
+            raise block.error(f"{where}: width and height ratios differ (pjreddie's shortcut_cpu asserts they "
+                              "match)", "from")
+        log.info("%s:%d: [shortcut] %s: pjreddie's strided shortcut rule (AlexeyAB's Darknet refuses this cfg)",
+                 block.path, block.line, where)
+        return Shortcut(sources, act, ctx.in_shape, pjreddie=(stride, sample))
+    kind = _SHORTCUT_WEIGHTS[wtype]
+    return Shortcut(sources, act, ctx.in_shape, weights=len(sources) + 1 if kind else 0,
+                    channels=c if kind == 2 else 1, normalization=_SHORTCUT_NORMALIZATION[norm])
 
 
 class ScaleChannels(Block):

@@ -4,14 +4,17 @@ and the loss read."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from yolodet.modeling.blocks.base import Block, BuildContext
+from yolodet.modeling.blocks.base import BuildContext, HeadBlock
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.registry import BLOCKS
+
+log = logging.getLogger(__name__)
 
 IOU_LOSSES = ("mse", "iou", "giou", "diou", "ciou")
 
@@ -49,6 +52,15 @@ class HeadSpec:
     random: float = 0.0
     jitter: float = 0.2
     label_smooth_eps: float = 0.0
+    nms_kind: str = "default"
+    beta_nms: float = 0.6
+    kind: str = "yolo"
+
+    @property
+    def per_anchor(self) -> int:
+        """Channels per anchor: ``5 + classes`` (``[yolo]``), ``9 + classes`` (``[Gaussian_yolo]``: x, y, w, h
+        each with a sigma, ``[mu_x, s_x, mu_y, s_y, mu_w, s_w, mu_h, s_h, obj, cls...]``)."""
+        return self.classes + (9 if self.kind == "gaussian_yolo" else 5)
 
     @property
     def num_anchors(self) -> int:
@@ -69,49 +81,67 @@ def common_class_count(heads: "Sequence[HeadSpec]", purpose: str) -> int:
     return classes.pop()
 
 
-class YoloHead(Block):
+class YoloHead(HeadBlock):
     """Identity: the raw [B, A*(5+C), H, W] conv output *is* the head output; decode happens elsewhere."""
-
-    def __init__(self, spec: HeadSpec, out_shape) -> None:
-        super().__init__()
-        self.spec, self.out_shape = spec, out_shape
-
-    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
-        return x
 
 
 # Darknet keys that tune only Darknet's own training/tracking/NMS internals; accepted (so official cfgs load)
 # but not used by yolodet.
-_TOLERATED = ("nms_kind", "beta_nms", "resize", "focal_loss", "counters_per_class", "objectness_smooth", "map",
+_TOLERATED = ("resize", "focal_loss", "counters_per_class", "objectness_smooth", "map",
               "thresh", "delta_normalizer", "embedding_layer", "track_history_size", "sim_thresh",
               "dets_for_track", "dets_for_show", "track_ciou_norm", "show_details", "uc_normalizer")
 
 
 @BLOCKS.register("yolo", keys=("mask", "anchors", "classes", "num", "jitter", "ignore_thresh", "truth_thresh",
                                "iou_thresh", "scale_x_y", "new_coords", "iou_loss", "iou_normalizer",
-                               "obj_normalizer", "cls_normalizer", "max_delta", "random", "label_smooth_eps")
+                               "obj_normalizer", "cls_normalizer", "max_delta", "random", "label_smooth_eps",
+                               "nms_kind", "beta_nms")
                  + _TOLERATED)
 def build_yolo(block: CfgBlock, ctx: BuildContext) -> YoloHead:
     """A YOLOv3/v4 detection head (checks that the previous layer has ``len(mask) * (classes + 5)`` filters)."""
+    return YoloHead(*_head_spec(block, ctx, "yolo"))
+
+
+NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
+
+
+def _head_spec(block: CfgBlock, ctx: BuildContext, kind: str) -> tuple[HeadSpec, tuple[int, int, int]]:
+    coords = 9 if kind == "gaussian_yolo" else 5
     classes = block.get_int("classes", 20)
     if classes < 1:
         raise block.error(f"must be >= 1, got {classes}", "classes")
     flat = block.get_floats("anchors")
-    if len(flat) % 2:
-        raise block.error(f"needs (w, h) pairs, got {len(flat)} numbers", "anchors")
-    all_anchors = tuple(zip(flat[0::2], flat[1::2]))
-    num = block.get_int("num", len(all_anchors))
-    if num != len(all_anchors):
-        raise block.error(f"num={num} but anchors lists {len(all_anchors)} pairs", "num")
+    num = block.get_int("num", len(flat) // 2)
+    if num < 1:
+        raise block.error(f"must be >= 1, got {num}", "num")
     mask = tuple(block.get_ints("mask", list(range(num))))
-    for m in mask:
-        if not 0 <= m < num:
-            raise block.error(f"mask index {m} is outside the {num} anchors", "mask")
+    if any(m < 0 for m in mask):
+        raise block.error(f"mask indices must be >= 0, got {list(mask)}", "mask")
+    used = max(num, max(mask) + 1)
+    if used > num:  # Darknet reads biases[2*m] past its num*2 array: undefined; the anchors line says what is meant
+        if used * 2 > len(flat):
+            raise block.error(f"mask index {max(mask)} is outside the {num} anchors (num={num}, and the anchors "
+                              f"line has {len(flat) // 2} pairs)", "mask")
+        log.warning("%s:%d: [yolo] mask: index %d >= num=%d; Darknet would read past its anchors array "
+                    "(undefined boxes); yolodet uses pair %d of the anchors line", block.path,
+                    block.key_lines.get("mask", block.line), max(mask), num, max(mask))
+    elif len(flat) != 2 * num:  # Darknet's parse_yolo reads the first num pairs; missing ones stay 0.5
+        log.warning("%s:%d: [yolo] anchors: %d numbers for num=%d; as Darknet, the first %d pairs are used%s",
+                    block.path, block.key_lines.get("anchors", block.line), len(flat), num, num,
+                    " (the missing ones are 0.5)" if len(flat) < 2 * num else "")
+    flat = (flat + [0.5] * (2 * used))[:2 * used]
+    all_anchors = tuple(zip(flat[0::2], flat[1::2]))
     c, h, w = ctx.in_shape
-    expected = len(mask) * (classes + 5)
+    expected = len(mask) * (classes + coords)
     if c != expected:
-        raise block.error(f"the previous layer ({ctx.index - 1}) has {c} filters but len(mask) * (classes + 5) = "
-                          f"{len(mask)} * ({classes} + 5) = {expected}", "classes")
+        raise block.error(f"the previous layer ({ctx.index - 1}) has {c} filters but len(mask) * (classes + "
+                          f"{coords}) = {len(mask)} * ({classes} + {coords}) = {expected}", "classes")
+    nms_kind = block.get_str("nms_kind", "default")
+    if nms_kind not in NMS_KINDS:  # Darknet: anything else is "default" (do_nms_sort) without a word
+        raise block.error(f"unknown nms_kind {nms_kind!r} (Darknet would silently use default); known: "
+                          f"{', '.join(NMS_KINDS)}", "nms_kind")
+    if nms_kind == "cornersnms" and kind == "yolo":  # parse_yolo knows only greedynms and diounms
+        nms_kind = "default"
     iou_loss = block.get_str("iou_loss", "mse")
     if iou_loss not in IOU_LOSSES:
         raise block.error(f"unknown iou_loss {iou_loss!r}; known: {', '.join(IOU_LOSSES)}", "iou_loss")
@@ -125,5 +155,15 @@ def build_yolo(block: CfgBlock, ctx: BuildContext) -> YoloHead:
         obj_normalizer=block.get_float("obj_normalizer", 1.0), cls_normalizer=block.get_float("cls_normalizer", 1.0),
         max_delta=block.get_float("max_delta", float("inf")), random=block.get_float("random", 0.0),
         jitter=block.get_float("jitter", 0.2), label_smooth_eps=block.get_float("label_smooth_eps", 0.0),
+        nms_kind=nms_kind, beta_nms=block.get_float("beta_nms", 0.6), kind=kind,
     )
-    return YoloHead(spec, (c, h, w))
+    return spec, (c, h, w)
+
+
+@BLOCKS.register("gaussian_yolo", keys=("mask", "anchors", "classes", "num", "scale_x_y", "nms_kind", "beta_nms",
+                                        "jitter", "ignore_thresh", "truth_thresh", "iou_thresh", "iou_loss",
+                                        "iou_normalizer", "obj_normalizer", "cls_normalizer", "max_delta",
+                                        "random", "label_smooth_eps"))
+def build_gaussian_yolo(block: CfgBlock, ctx: BuildContext) -> YoloHead:
+    """``[Gaussian_yolo]`` (Gaussian YOLOv3): ``len(mask) * (classes + 9)`` channels (a sigma per box coord)."""
+    return YoloHead(*_head_spec(block, ctx, "gaussian_yolo"))
