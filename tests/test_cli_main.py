@@ -110,3 +110,11 @@ def _tiny_weights(tmp_path: Path) -> Path:
     if not path.exists():
         save_darknet_weights(randomize(Darknet.from_cfg(TINY_CFG)), path)
     return path
+
+
+def test_val_protocol_sets_darknet_thresholds(tmp_path: Path, capsys) -> None:
+    data = FIXTURES / "data" / "darknet" / "tiny.data"
+    argv = ["val", "--cfg", str(TINY_CFG), "--weights", str(_tiny_weights(tmp_path)), "--data", str(data),
+            "--workers", "0", "--device", "cpu", "--no-progress", "--protocol", "alexeyab-valid"]
+    assert main(argv) == 0
+    assert "conf 0.001, NMS 0.6," in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """``yolodet val``: COCO mAP of a Darknet cfg + weights on a COCO json, Darknet .data, VOC or YAML dataset, with
 Darknet's validation protocol (pycocotools).
 
-Defaults are Darknet's COCO protocol (pjreddie's ``detector valid``, AlexeyAB's ``detector map``): candidates with
+Defaults are Darknet's COCO protocol ``darknet-map`` (AlexeyAB's ``detector map``, pjreddie's ``detector valid``;
+``--protocol alexeyab-valid`` is AlexeyAB's ``detector valid``, 0.001 / 0.6): candidates with
 objectness > 0.005 and class score obj*cls > 0.005 (every class above it, multi-label), per-class NMS at IoU 0.45,
 every remaining detection written, COCOeval with maxDets 100. Category ids come from the ground truth (80 -> 91
 COCO table when the ground truth uses COCO ids and the model has 80 classes, identity otherwise).
@@ -45,6 +46,7 @@ EPILOG = "Exit codes: 0 evaluated; 2 bad cfg/weights/dataset/arguments. The last
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from yolodet.data.images import IMAGE_DECODERS
     from yolodet.inference.preprocess import PREPROCESS_MODES
+    from yolodet.evaluation.protocols import PROTOCOLS
     from yolodet.inference.settings import EVAL_CONF_THRES, NMS_THRES
 
     p.description, p.epilog = __doc__, EPILOG
@@ -58,6 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preprocess", choices=PREPROCESS_MODES,
                    help="default: darknet-letterbox if the cfg sets letter_box=1, else darknet-resize")
     add_threshold_options(p, EVAL_CONF_THRES, NMS_THRES, "Darknet candidate threshold")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS),
+                   help="a named Darknet COCO protocol, setting --conf-thres and --nms-thres: alexeyab-valid "
+                        "(0.001 / 0.6, AlexeyAB's detector valid), darknet-map (0.005 / 0.45, the default numbers: "
+                        "AlexeyAB's detector map and pjreddie's valid), pjreddie-valid")
     p.add_argument("--max-det", type=int, default=100, help="COCOeval maxDets per image and class (default 100)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--workers", type=int, help="image loading processes overlapping the network (default: the "
@@ -118,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
     from yolodet.inference.settings import check_thresholds
 
     _check(args)
+    if args.protocol:
+        from yolodet.evaluation.protocols import get_protocol
+
+        protocol = get_protocol(args.protocol)
+        args.conf_thres, args.nms_thres = protocol.conf_thres, protocol.nms_thres
     check_thresholds(args.conf_thres, args.nms_thres)
     apply_threads(args.threads)
     world, device = init_from_env(resolve_device(args.device))  # under torchrun: each rank runs a shard

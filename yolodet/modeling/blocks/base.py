@@ -10,6 +10,10 @@ from torch import nn
 from yolodet.cfg import CfgBlock
 from yolodet.cfg.net import NetConfig
 
+MAX_ANCHORS = 1 << 12
+"""Most anchors (``num=``) a head may declare: real cfgs use 3-9 (yolo9000: 9); a typo such as ``num=1000000000``
+must be an error, not a billion-element list."""
+
 Shape = tuple[int, int, int]
 """(channels, height, width) of one layer's output at the cfg's network size."""
 

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from yolodet.modeling.blocks.base import BuildContext, HeadBlock
+from yolodet.modeling.blocks.base import MAX_ANCHORS, BuildContext, HeadBlock
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.registry import BLOCKS
 
@@ -112,8 +112,8 @@ def _head_spec(block: CfgBlock, ctx: BuildContext, kind: str) -> tuple[HeadSpec,
         raise block.error(f"must be >= 1, got {classes}", "classes")
     flat = block.get_floats("anchors")
     num = block.get_int("num", len(flat) // 2)
-    if num < 1:
-        raise block.error(f"must be >= 1, got {num}", "num")
+    if not 1 <= num <= MAX_ANCHORS:
+        raise block.error(f"must be in [1, {MAX_ANCHORS}], got {num}", "num")
     mask = tuple(block.get_ints("mask", list(range(num))))
     if any(m < 0 for m in mask):
         raise block.error(f"mask indices must be >= 0, got {list(mask)}", "mask")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yolodet.cfg import CfgBlock
-from yolodet.modeling.blocks.base import Block, BuildContext, HeadBlock, Shape
+from yolodet.modeling.blocks.base import MAX_ANCHORS, Block, BuildContext, HeadBlock, Shape
 from yolodet.modeling.blocks.conv import _check_weights, make_activation
 from yolodet.modeling.registry import BLOCKS
 
@@ -96,6 +96,8 @@ def build_detection(block: CfgBlock, ctx: BuildContext) -> DetectionHead:
     for key, value in (("classes", classes), ("coords", coords), ("num", num), ("side", side)):
         if value < 1:
             raise block.error(f"must be >= 1, got {value}", key)
+    if num > MAX_ANCHORS:
+        raise block.error(f"must be at most {MAX_ANCHORS}, got {num}", "num")
     expected = side * side * (classes + num * (1 + coords))
     if math.prod(ctx.in_shape) != expected:
         raise block.error(f"the input has {math.prod(ctx.in_shape)} values but side*side*(classes + num*(1 + "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from yolodet.cfg import CfgBlock
-from yolodet.modeling.blocks.base import Block, BuildContext, HeadBlock, Shape
+from yolodet.modeling.blocks.base import MAX_ANCHORS, Block, BuildContext, HeadBlock, Shape
 from yolodet.modeling.registry import BLOCKS
 
 
@@ -130,6 +130,8 @@ def build_region(block: CfgBlock, ctx: BuildContext) -> RegionHead:
     for key, value, low in (("classes", classes, 0), ("coords", coords, 4), ("num", num, 1)):
         if value < low:
             raise block.error(f"must be >= {low}, got {value}", key)
+    if num > MAX_ANCHORS:
+        raise block.error(f"must be at most {MAX_ANCHORS}, got {num}", "num")
     flat = block.get_floats("anchors", [0.5] * (2 * num))  # Darknet's make_region_layer: biases of .5
     flat = (flat + [0.5] * (2 * num))[:2 * num]  # Darknet reads at most num pairs, the rest stay .5
     c, h, w = ctx.in_shape
