@@ -47,14 +47,15 @@ def _check_window(block: CfgBlock, size: int, stride: tuple[int, int], hw: tuple
 
     Except a small window (at most :data:`MAX_POOL_WINDOW`): yolov4's SPP ``size=13`` runs on a 4 x 4 input at
     128 x 128, where Darknet pads it with -inf and the output is still meaningful. ``size=1000000000`` made the
-    forward pass overflow (stride 1) or hang (stride 2). A stride larger than the input would skip all of it but
-    the first cell.
+    forward pass overflow (stride 1) or hang (stride 2). Likewise a small stride (at most
+    :data:`MAX_POOL_WINDOW`) may exceed its input: Darknet's own ``jnet-conv.cfg`` pools a 1 x 1 map with stride 2
+    (one output cell); a larger one would skip all but the first cell of any input.
     """
     h, w = hw
     if size > max(h, w) and size > MAX_POOL_WINDOW:
         raise block.error(f"the window ({size} x {size}) is larger than the input ({h} x {w})", "size")
     for key, step, dim in (("stride_y", stride[0], h), ("stride_x", stride[1], w)):
-        if step > dim:
+        if step > dim and step > MAX_POOL_WINDOW:
             key = key if block.has(key) else "stride"
             raise block.error(f"{key.replace('_', ' ')} {step} is larger than the input ({h} x {w})", key)
 
