@@ -10,6 +10,7 @@ from torch import nn
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.blocks.base import Block, BuildContext, Shape
 from yolodet.modeling.blocks.conv import BN_EPS, make_activation
+from yolodet.modeling.blocks.structural import pool_geometry
 from yolodet.modeling.registry import BLOCKS
 
 
@@ -152,21 +153,5 @@ class LocalAvgPool(Block):
 
 @BLOCKS.register("local_avgpool", keys=("size", "stride", "stride_x", "stride_y", "padding"))
 def build_local_avgpool(block: CfgBlock, ctx: BuildContext) -> LocalAvgPool:
-    """Darknet's ``make_maxpool_layer(..., avgpool=1)``: sizes as ``[maxpool]``."""
-    c, h, w = ctx.in_shape
-    stride = block.get_int("stride", 1)
-    sy, sx = block.get_int("stride_y", stride), block.get_int("stride_x", stride)
-    size = block.get_int("size", stride)
-    padding = block.get_int("padding", size - 1)
-    for key, value in (("stride", stride), ("stride_x", sx), ("stride_y", sy), ("size", size)):
-        if value < 1:
-            raise block.error(f"must be >= 1, got {value}", key)
-    if padding < 0:
-        raise block.error(f"must be >= 0, got {padding}", "padding")
-    out_h, out_w = (h + padding - size) // sy + 1, (w + padding - size) // sx + 1
-    if out_h < 1 or out_w < 1:
-        raise block.error(f"input {h}x{w} is too small for size={size}", "size")
-    begin = padding // 2
-    right = max(0, (out_w - 1) * sx + size - w - begin)
-    bottom = max(0, (out_h - 1) * sy + size - h - begin)
-    return LocalAvgPool(size, (sy, sx), (begin, right, begin, bottom), (c, out_h, out_w))
+    """Darknet's ``make_maxpool_layer(..., avgpool=1)``: geometry (and limits) as ``[maxpool]``."""
+    return LocalAvgPool(*pool_geometry(block, ctx))

@@ -60,9 +60,13 @@ def _check_window(block: CfgBlock, size: int, stride: tuple[int, int], hw: tuple
             raise block.error(f"{key.replace('_', ' ')} {step} is larger than the input ({h} x {w})", key)
 
 
-@BLOCKS.register("maxpool", keys=("size", "stride", "stride_x", "stride_y", "padding"))
-def build_maxpool(block: CfgBlock, ctx: BuildContext) -> MaxPool:
-    """Darknet maxpool: ``stride`` defaults to 1, ``size`` to ``stride``, ``padding`` to ``size - 1``."""
+PoolGeometry = tuple[int, tuple[int, int], tuple[int, int, int, int], Shape]
+"""(size, (stride_y, stride_x), (left, right, top, bottom) padding, output shape) of a Darknet pooling layer."""
+
+
+def pool_geometry(block: CfgBlock, ctx: BuildContext) -> PoolGeometry:
+    """Darknet's maxpool geometry (``make_maxpool_layer``, also used by ``[local_avgpool]``): ``stride`` defaults to
+    1, ``size`` to ``stride``, ``padding`` to ``size - 1``; the window starts ``padding / 2`` before the input."""
     c, h, w = ctx.in_shape
     stride = block.get_int("stride", 1)
     sy, sx = block.get_int("stride_y", stride), block.get_int("stride_x", stride)
@@ -80,7 +84,13 @@ def build_maxpool(block: CfgBlock, ctx: BuildContext) -> MaxPool:
     begin = padding // 2
     right = max(0, (out_w - 1) * sx + size - w - begin)
     bottom = max(0, (out_h - 1) * sy + size - h - begin)
-    return MaxPool(size, (sy, sx), (begin, right, begin, bottom), (c, out_h, out_w))
+    return size, (sy, sx), (begin, right, begin, bottom), (c, out_h, out_w)
+
+
+@BLOCKS.register("maxpool", keys=("size", "stride", "stride_x", "stride_y", "padding"))
+def build_maxpool(block: CfgBlock, ctx: BuildContext) -> MaxPool:
+    """Darknet maxpool, geometry by :func:`pool_geometry`."""
+    return MaxPool(*pool_geometry(block, ctx))
 
 
 class GlobalAvgPool(Block):
