@@ -24,6 +24,7 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from yolodet.inference.boxes import cxcywh_to_xyxy
+from yolodet.inference.decode import decode_rows
 from yolodet.modeling.model import Darknet
 
 __all__ = ["END2END_OUTPUTS", "End2End"]
@@ -80,21 +81,11 @@ class End2End(nn.Module):
 
     def _decode(self, k: int, out: torch.Tensor, in_w: int, in_h: int) -> torch.Tensor:
         """One head [B, A*(5+C), H, W] -> [B, A*H*W, 5+C] rows (cx, cy, w, h, obj, cls...), as YoloDecoder."""
-        spec = self.heads[k]
-        b, _, h, w = out.shape
-        p = out.view(b, spec.num_anchors, 5 + spec.classes, h, w).permute(0, 1, 3, 4, 2)
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        h, w = out.shape[2], out.shape[3]
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")  # from traced shapes: no cache
         grid = torch.stack((xs, ys), -1).to(out.dtype)[None, None]
         scale = torch.stack((torch.as_tensor(in_w / w), torch.as_tensor(in_h / h))).to(out.dtype)
-        s = spec.scale_x_y
-        if spec.new_coords:
-            xy, wh, rest = p[..., :2], p[..., 2:4].square() * 4, p[..., 4:]
-        else:
-            xy, wh, rest = p[..., :2].sigmoid(), p[..., 2:4].exp(), p[..., 4:].sigmoid()
-        if s != 1:
-            xy = xy * s - (s - 1) / 2
-        xy = (xy + grid) * scale
-        return torch.cat((xy, wh * getattr(self, f"anchors{k}"), rest), -1).reshape(b, -1, 5 + spec.classes)
+        return decode_rows(self.heads[k], out, grid, getattr(self, f"anchors{k}"), scale)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         in_h, in_w = x.shape[2], x.shape[3]

@@ -54,22 +54,34 @@ class YoloDecoder:
 
     def decode_head(self, k: int, out: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
         """One head: [B, A*(5+C), H, W] -> [B, A*H*W, 5+C]."""
-        spec = self.heads[k]
-        b, _, h, w = out.shape
-        p = out.view(b, spec.num_anchors, 5 + spec.classes, h, w).permute(0, 1, 3, 4, 2)
+        h, w = out.shape[2], out.shape[3]
         grid, anchors = self._grid(k, h, w, out)
-        s = spec.scale_x_y
         scale = torch.tensor([input_size[0] / w, input_size[1] / h], device=out.device, dtype=out.dtype)
-        if spec.new_coords:
-            xy, wh, rest = p[..., :2], p[..., 2:4].square() * 4, p[..., 4:]
-        else:
-            xy, wh, rest = p[..., :2].sigmoid(), p[..., 2:4].exp(), p[..., 4:].sigmoid()
-        if s != 1:
-            xy = xy * s - (s - 1) / 2
-        xy = (xy + grid) * scale
-        return torch.cat((xy, wh * anchors, rest), -1).reshape(b, -1, 5 + spec.classes)
+        return decode_rows(self.heads[k], out, grid, anchors, scale)
 
     def __call__(self, outputs: Sequence[torch.Tensor], input_size: tuple[int, int]) -> torch.Tensor:
         if len(outputs) != len(self.heads):
             raise ValueError(f"{len(outputs)} outputs for {len(self.heads)} heads")
         return torch.cat([self.decode_head(k, out, input_size) for k, out in enumerate(outputs)], 1)
+
+
+def decode_rows(spec: HeadSpec, out: torch.Tensor, grid: torch.Tensor, anchors: torch.Tensor,
+                scale: torch.Tensor) -> torch.Tensor:
+    """Darknet's box formula for one ``[yolo]`` head: raw [B, A*(5+C), H, W] -> rows [B, A*H*W, 5+C] of
+    (cx, cy, w, h) in input pixels, objectness and class probabilities.
+
+    ``grid`` [1, 1, H, W, 2] cell offsets, ``anchors`` [1, A, 1, 1, 2] in input pixels and ``scale`` [2] (input
+    pixels per cell, x and y) come from the caller, so that :class:`YoloDecoder` can cache them and the ONNX
+    end-to-end graph (:mod:`yolodet.export.end2end`) can build them from traced shapes.
+    """
+    b, _, h, w = out.shape
+    p = out.view(b, spec.num_anchors, 5 + spec.classes, h, w).permute(0, 1, 3, 4, 2)
+    s = spec.scale_x_y
+    if spec.new_coords:
+        xy, wh, rest = p[..., :2], p[..., 2:4].square() * 4, p[..., 4:]
+    else:
+        xy, wh, rest = p[..., :2].sigmoid(), p[..., 2:4].exp(), p[..., 4:].sigmoid()
+    if s != 1:
+        xy = xy * s - (s - 1) / 2
+    xy = (xy + grid) * scale
+    return torch.cat((xy, wh * anchors, rest), -1).reshape(b, -1, 5 + spec.classes)
