@@ -119,16 +119,13 @@ def run(args: argparse.Namespace) -> int:
     from yolodet.device import resolve_device
     from yolodet.distributed import all_gather, init_from_env, shard
     from yolodet.inference.predict import predict_inputs
-    from yolodet.inference.settings import check_thresholds
+    from yolodet.inference.settings import check_counts, check_thresholds
     from yolodet.inference.sources import SAMPLE_IMAGE, expand_sources, video_fps
     from yolodet.inference.writers import DetectionWriter
 
     apply_threads(args.threads)
     check_thresholds(args.conf_thres, args.nms_thres)
-    if args.batch_size < 1 or (args.workers is not None and args.workers < 0) or \
-            (args.max_frames is not None and args.max_frames < 1):
-        log.error("--batch-size and --max-frames must be >= 1, --workers >= 0")
-        return EXIT_ERROR
+    check_counts(batch_size=args.batch_size, max_frames=args.max_frames, workers=args.workers)
     out = check_output_dir(args.output)
     inputs, problems = expand_sources(args.source or [str(SAMPLE_IMAGE)])
     for problem in problems:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from yolodet.data.images import DEFAULT_MAX_PIXELS, ImageReadError, default_decoder, image_reader
 from yolodet.inference.preprocess import Mapping, preprocess
-from yolodet.inference.settings import check_workers
+from yolodet.inference.settings import check_counts
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,7 @@ def inference_loader(dataset: InferenceDataset, *, batch_size: int = 8, workers:
     OpenCV or torch already ran multi-threaded can deadlock on a lock held by a thread that no longer exists (seen
     in training; the training loader does the same).
     """
-    check_workers(workers)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+    check_counts(batch_size=batch_size, workers=workers)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate_inference, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers else None,

@@ -27,9 +27,8 @@ from yolodet.data.images import DEFAULT_MAX_PIXELS
 from yolodet.inference.detector import Detector
 from yolodet.inference.loader import InferenceDataset, default_workers, inference_loader
 from yolodet.inference.postprocess import Detections
-from yolodet.inference.settings import CONF_THRES, NMS_THRES, check_thresholds
+from yolodet.inference.settings import CONF_THRES, NMS_THRES, check_counts, check_thresholds
 from yolodet.inference.sources import LiveCapture, MediaInput, SourceError, expand_sources, iter_video_frames
-from yolodet.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +89,7 @@ def predict_inputs(detector: Detector, inputs: Iterable[MediaInput], *, conf_thr
         max_image_pixels: images above this many pixels are refused from their header (None: no limit).
     """
     check_thresholds(conf_thres, nms_thres)
-    if batch_size < 1 or (workers is not None and workers < 0) or (max_frames is not None and max_frames < 1):
-        raise SettingError("batch_size and max_frames must be >= 1 and workers >= 0")
+    check_counts(batch_size=batch_size, max_frames=max_frames, workers=workers)
     inputs = list(inputs)
     settings = dict(conf_thres=conf_thres, nms_thres=nms_thres)
     images = [i for i in inputs if i.kind == "image"]

@@ -15,8 +15,8 @@ from yolodet.errors import SettingError
 if TYPE_CHECKING:  # pragma: no cover
     from yolodet.modeling.model import Darknet
 
-__all__ = ["CONF_THRES", "EVAL_CONF_THRES", "MAX_IMG_SIZE", "NMS_THRES", "SettingsError", "check_thresholds",
-           "check_workers", "max_workers", "parse_size"]
+__all__ = ["CONF_THRES", "EVAL_CONF_THRES", "MAX_IMG_SIZE", "NMS_THRES", "SettingsError", "check_counts",
+           "check_thresholds", "check_workers", "max_workers", "parse_size"]
 
 MAX_IMG_SIZE = 8192
 """Largest network input side accepted (a 8192 x 8192 input already needs ~800 MB per image in the first layer)."""
@@ -71,6 +71,20 @@ def check_thresholds(conf_thres: float | None = None, nms_thres: float | None = 
 def max_workers() -> int:
     """The most loader processes (or threads) accepted: four per CPU core."""
     return 4 * (os.cpu_count() or 1)
+
+
+def check_counts(*, batch_size: int | None = None, max_frames: int | None = None,
+                 workers: int | None = None) -> None:
+    """``batch_size`` and ``max_frames`` must be >= 1 and ``workers`` within :func:`check_workers`' range (None:
+    not checked); one check for the library and the CLI, so a bad value fails before a model is loaded.
+
+    Raises:
+        SettingsError: naming the setting and its value.
+    """
+    for name, value in (("batch_size", batch_size), ("max_frames", max_frames)):
+        if value is not None and value < 1:
+            raise SettingsError(f"{name} must be >= 1, got {value}")
+    check_workers(workers)
 
 
 def check_workers(workers: int | None, what: str = "workers") -> None:
