@@ -100,6 +100,7 @@ def test_two_processes_train_like_one(plain_cfg: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "two" / "rank1").exists() and (tmp_path / "two" / "final.weights").is_file()
 
 
+@pytest.mark.slow  # torchrun's c10d agents have failed at shutdown under load (see the note inside)
 def test_two_nodes_train_like_one_and_resume(plain_cfg: Path, tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "data", n=8)
     one = _single(_train_args(plain_cfg, data, tmp_path / "one", steps=4))

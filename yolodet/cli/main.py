@@ -103,8 +103,29 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.getLogger().setLevel(level)
 
 
+def _leave_process_group() -> None:
+    """Under torchrun: wait for every rank, then close the process group, so that no rank exits while another
+    still talks to it (an open group at interpreter exit can abort the process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - another rank died: the run has already failed and said so
+            pass
+        dist.destroy_process_group()
+
+
 def run_subcommand(name: str, args: argparse.Namespace) -> int:
     """Run a parsed subcommand inside the error boundary (see the module docstring); returns the exit code."""
+    try:
+        return _run_subcommand(name, args)
+    finally:
+        if "torch" in sys.modules:
+            _leave_process_group()
+
+
+def _run_subcommand(name: str, args: argparse.Namespace) -> int:
     from yolodet.errors import YolodetError
 
     _setup_logging(args)
