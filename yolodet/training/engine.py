@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from yolodet.modeling.blocks.conv import ConnectedBlock, ConvBlock
 from yolodet.data.train_dataset import TrainBatch
-from yolodet.training.loss import LOSS_PARTS, YoloLoss
+from yolodet.training.loss import LOSS_PARTS
 from yolodet.training.schedule import LrSchedule
 
 log = logging.getLogger(__name__)
@@ -108,17 +108,18 @@ def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) ->
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def train_one_epoch(model: nn.Module, loss_fn: YoloLoss, optimizer: torch.optim.Optimizer,
-                    loader: Iterable[TrainBatch], *, schedule: LrSchedule, state: RunState, accumulate: int,
+def train_one_epoch(model: nn.Module, loss_fn: Callable[..., dict[str, torch.Tensor]],
+                    optimizer: torch.optim.Optimizer, loader: Iterable[TrainBatch], *, schedule: LrSchedule, state: RunState, accumulate: int,
                     batches_per_epoch: int, max_steps: int, device: torch.device,
                     scaler: torch.amp.GradScaler | None = None, autocast_dtype: torch.dtype | None = None,
                     channels_last: bool = False, should_stop: Callable[[RunState], bool] = lambda s: False,
-                    progress: bool = True) -> dict[str, float]:
+                    progress: bool = True, images_per_step: int = 0) -> dict[str, float]:
     """Train over ``loader`` (the rest of epoch ``state.epoch``), updating ``state`` in place.
 
     Stops early, always right after an optimiser step, when ``state.step`` reaches ``max_steps`` or
     ``should_stop(state)`` is true. The model must already be in training mode (see
-    :func:`yolodet.transfer.set_train_mode`).
+    :func:`yolodet.transfer.set_train_mode`). ``loss_fn(outputs, targets, input_size, seen=...)`` gets the images
+    trained on so far, this mini-batch included (Darknet's ``net.seen``), counting ``images_per_step`` per step.
 
     Returns:
         Mean loss parts per image over the epoch's mini-batches, ``lr`` (last), ``images``, ``seconds``,
@@ -128,7 +129,7 @@ def train_one_epoch(model: nn.Module, loss_fn: YoloLoss, optimizer: torch.optim.
         FloatingPointError: a non-finite loss (the message names the step and the parts).
     """
     sums = dict.fromkeys(LOSS_PARTS, 0.0)
-    batches = images = pending = 0
+    batches = images = pending = pending_images = 0
     lr = schedule(state.step)
     start = time.perf_counter()
     bar = tqdm(loader, total=batches_per_epoch, initial=state.batch_in_epoch, desc=f"epoch {state.epoch}",
@@ -143,7 +144,9 @@ def train_one_epoch(model: nn.Module, loss_fn: YoloLoss, optimizer: torch.optim.
             autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
             with autocast:
                 outputs = model(x)
-            parts = loss_fn(outputs, batch.targets, (x.shape[3], x.shape[2]))
+            seen = state.step * images_per_step + pending_images + len(batch)  # Darknet counts before forward
+            parts = loss_fn(outputs, batch.targets, (x.shape[3], x.shape[2]), seen=seen)
+            pending_images += len(batch)
             if not torch.isfinite(parts["total"]):
                 raise FloatingPointError(f"non-finite loss at step {state.step} (epoch {state.epoch}): "
                                          + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
@@ -165,7 +168,7 @@ def train_one_epoch(model: nn.Module, loss_fn: YoloLoss, optimizer: torch.optim.
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.batch_in_epoch = position
-            pending = 0
+            pending = pending_images = 0
             elapsed = time.perf_counter() - start
             if progress and batches:
                 bar.set_postfix_str(" ".join(f"{k}={sums[k] / batches:.3f}" for k in LOSS_PARTS)

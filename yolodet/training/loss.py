@@ -70,7 +70,9 @@ class YoloLoss:
         self.heads = list(heads)
 
     def __call__(self, outputs: Sequence[torch.Tensor], targets: torch.Tensor,
-                 input_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+                 input_size: tuple[int, int], seen: int = 0) -> dict[str, torch.Tensor]:
+        """``seen`` (images trained on, Darknet's ``net.seen``) is accepted for the common loss interface; the
+        ``[yolo]`` loss does not depend on it."""
         if len(outputs) != len(self.heads):
             raise ValueError(f"{len(outputs)} outputs for {len(self.heads)} heads")
         if targets.ndim != 2 or targets.shape[1] != 6:

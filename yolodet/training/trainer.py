@@ -42,7 +42,8 @@ from yolodet.modeling.weights import save_darknet_weights
 from yolodet.training.config import TrainConfig, TrainSummary
 from yolodet.training.engine import RunState, build_optimizer, get_rng_state, set_rng_state, train_one_epoch
 from yolodet.training.history import plot_history, write_csv
-from yolodet.training.loss import LOSS_PARTS, YoloLoss
+from yolodet.training.criterion import UntrainableError, build_loss, check_trainable
+from yolodet.training.loss import LOSS_PARTS
 from yolodet.training.pretrained import load_backbone_weights
 from yolodet.training.schedule import LrSchedule
 from yolodet.training.transfer import freeze_layers, init_head_priors, load_pretrained, set_train_mode
@@ -73,8 +74,10 @@ def train(config: TrainConfig) -> TrainSummary:
         raise TrainError("a training run needs a cfg and a dataset (or resume=...)")
     check_thresholds(config.conf_thres, config.nms_thres)
     model = Darknet.from_cfg_text(ckpt["cfg_text"], ckpt["cfg_path"]) if ckpt else Darknet.from_cfg(config.cfg)
-    if not model.heads:
-        raise TrainError(f"{model.cfg_path} has no [yolo] heads: yolodet trains detectors only")
+    try:
+        check_trainable(model)  # before any data is read: a cfg yolodet cannot train fails here, never halfway
+    except UntrainableError as exc:
+        raise TrainError(str(exc)) from None
     train_src, val_src = load_dataset(config.data, "train"), load_dataset(config.data, "valid")
     if len(train_src.names) != model.num_classes:
         raise TrainError(f"the cfg has {model.num_classes} classes but {config.data} has {len(train_src.names)}: "
@@ -196,10 +199,11 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
         raise TrainError("freeze and eval_interval must be >= 0")
     size = parse_size(config.img_size, model)
     val_size = parse_size(config.val_img_size, model) if config.val_img_size else size
-    multiscale = max(h.random for h in model.heads)  # Darknet: random=1 means a factor of 1.4
+    loss_fn = build_loss(model)
+    multiscale = loss_fn.random  # Darknet: random=1 means a factor of 1.4
     if config.multi_scale is not None:
         multiscale = (multiscale or 1.0) if config.multi_scale else 0.0
-    aug = AugmentConfig.from_net(net, model.heads[0].jitter, jitter=config.jitter, mosaic=config.mosaic)
+    aug = AugmentConfig.from_net(net, loss_fn.jitter, jitter=config.jitter, mosaic=config.mosaic)
     if not config.augment:
         aug = AugmentConfig(letterbox=aug.letterbox)
     if world.size > 1 and (batch // subdivisions) % world.size:
@@ -248,7 +252,6 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
              schedule.learning_rate, schedule.burn_in, list(schedule.steps), "Adam" if config.adam else "SGD",
              frozen, aug)
     saved_settings = config.run_settings()
-    loss_fn = YoloLoss(model.heads)
     summary = TrainSummary(output=out, last=out / "last.pt")
     stop = _Stop()
 
@@ -277,6 +280,7 @@ def _fit(config: TrainConfig, model: Darknet, train_src: DatasetSource, val_src:
             stop.epoch_start = time.perf_counter()
             stats = train_one_epoch(network, loss_fn, optimizer, loader, schedule=schedule, state=state,
                                     accumulate=subdivisions, batches_per_epoch=sampler.batches_per_epoch,
+                                    images_per_step=batch,
                                     max_steps=schedule.max_batches, device=device, scaler=scaler,
                                     autocast_dtype=autocast, channels_last=channels_last, should_stop=should_stop,
                                     progress=config.progress and world.main)
