@@ -193,7 +193,8 @@ def init_head_priors(model: Darknet, layers: Sequence[int] | None = None, *, obj
             conv = model.layers[index]
             if (layers is not None and index not in layers) or not isinstance(conv, ConvBlock) or conv.bn is not None:
                 continue
-            bias = conv.conv.bias.view(head.num_anchors, 5 + head.classes)
-            bias[:, 4] = math.log(obj_prior / (1 - obj_prior))
+            bias = conv.conv.bias.view(head.num_anchors, -1)  # per anchor: box (4, or 8 with sigmas), obj, classes
+            obj = 8 if getattr(head, "kind", "yolo") == "gaussian_yolo" else 4
+            bias[:, obj] = math.log(obj_prior / (1 - obj_prior))
             changed.append(index)
     return changed
