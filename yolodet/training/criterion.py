@@ -18,7 +18,7 @@ from yolodet.modeling.blocks.conv import XnorConv
 from yolodet.modeling.blocks.recurrent import RecurrentBlock
 from yolodet.modeling.blocks.yolo import common_class_count
 from yolodet.modeling.model import Darknet
-from yolodet.training.loss import _head_loss
+from yolodet.training.loss import yolo_head_loss
 from yolodet.training.loss_gaussian import GaussianTrainSpec, gaussian_head_loss, gaussian_untrainable
 from yolodet.training.loss_region import RegionTrainSpec, region_head_loss, region_untrainable
 
@@ -112,7 +112,7 @@ class DetectionLoss:
             elif isinstance(spec, GaussianTrainSpec):
                 head = gaussian_head_loss(spec, out.float(), targets, input_size)
             else:
-                head = _head_loss(spec, out.float(), targets, input_size)
+                head = yolo_head_loss(spec, out.float(), targets, input_size)
             for name, value in head.items():
                 parts[name].append(value)
         result = {name: torch.stack(values).sum() / batch for name, values in parts.items()}

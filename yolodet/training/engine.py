@@ -109,7 +109,8 @@ def to_input(images: torch.Tensor, device: torch.device, channels_last: bool) ->
 
 
 def train_one_epoch(model: nn.Module, loss_fn: Callable[..., dict[str, torch.Tensor]],
-                    optimizer: torch.optim.Optimizer, loader: Iterable[TrainBatch], *, schedule: LrSchedule, state: RunState, accumulate: int,
+                    optimizer: torch.optim.Optimizer, loader: Iterable[TrainBatch], *, schedule: LrSchedule,
+                    state: RunState, accumulate: int,
                     batches_per_epoch: int, max_steps: int, device: torch.device,
                     scaler: torch.amp.GradScaler | None = None, autocast_dtype: torch.dtype | None = None,
                     channels_last: bool = False, should_stop: Callable[[RunState], bool] = lambda s: False,

@@ -82,14 +82,14 @@ class YoloLoss:
         batch = outputs[0].shape[0]
         parts = {"box": [], "obj": [], "cls": []}
         for spec, out in zip(self.heads, outputs):
-            for name, value in _head_loss(spec, out.float(), targets, input_size).items():
+            for name, value in yolo_head_loss(spec, out.float(), targets, input_size).items():
                 parts[name].append(value)
         result = {name: torch.stack(values).sum() / batch for name, values in parts.items()}
         result["total"] = result["box"] + result["obj"] + result["cls"]
         return result
 
 
-def _head_loss(spec: HeadSpec, out: torch.Tensor, targets: torch.Tensor,
+def yolo_head_loss(spec: HeadSpec, out: torch.Tensor, targets: torch.Tensor,
                input_size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """One head: ``out`` [B, A*(5+C), H, W] float32 -> summed (not yet batch-divided) box/obj/cls terms."""
     b, _, h, w = out.shape
@@ -103,7 +103,7 @@ def _head_loss(spec: HeadSpec, out: torch.Tensor, targets: torch.Tensor,
 
     img, cls = targets[:, 0].long(), targets[:, 1].long()
     truth = box_convert(targets[:, 2:6], "xyxy", "cxcywh")  # fractions of the input
-    t_idx, a_idx = _assign(spec, truth[:, 2:4] * net)
+    t_idx, a_idx = assign_anchors(spec, truth[:, 2:4] * net)
     bi, ti = img[t_idx], truth[t_idx]
     gi = (ti[:, 0] * w).long().clamp_(0, w - 1)
     gj = (ti[:, 1] * h).long().clamp_(0, h - 1)
@@ -133,7 +133,7 @@ def _head_loss(spec: HeadSpec, out: torch.Tensor, targets: torch.Tensor,
     return {"box": box, "obj": obj, "cls": cls_loss}
 
 
-def _assign(spec: HeadSpec, truth_wh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def assign_anchors(spec: HeadSpec, truth_wh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Truth sizes [M, 2] (input pixels) -> (truth index, anchor index within this head's mask) of each pair the
     head trains: the best of all anchors when this head holds it, plus ``iou_thresh`` extras."""
     all_anchors = torch.tensor(spec.all_anchors, device=truth_wh.device, dtype=torch.float32)  # [num, 2]

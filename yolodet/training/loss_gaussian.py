@@ -3,8 +3,8 @@
 Each anchor has ``9 + C`` channels ``[mu_x, s_x, mu_y, s_y, mu_w, s_w, mu_h, s_h, obj, cls...]``; Darknet activates
 ``mu_x, mu_y`` (logistic, then ``scale_x_y``), the four sigmas ``s``, ``obj`` and the classes (logistic), leaves
 ``mu_w, mu_h`` raw, writes ``delta`` w.r.t. those *activated* values and passes it on to the raw outputs without
-the logistic derivative (as ``[yolo]``). Matching is ``[yolo]``'s (:func:`yolodet.training.loss._assign`: best of
-all anchors by (w, h) IoU, ``iou_thresh`` extras); the parts:
+the logistic derivative (as ``[yolo]``). Matching is ``[yolo]``'s (:func:`yolodet.training.loss.assign_anchors`:
+best of all anchors by (w, h) IoU, ``iou_thresh`` extras); the parts:
 
 * **obj**: logistic (BCE with logits, gradient ``obj_normalizer * (p - t)``) towards 1 at assigned cells and 0
   elsewhere, except predictions whose decoded box has IoU > ``ignore_thresh`` with a truth *and* some class
@@ -37,7 +37,7 @@ from torchvision.ops import box_convert, box_iou
 
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.blocks.yolo import HeadSpec
-from yolodet.training.loss import _assign
+from yolodet.training.loss import assign_anchors
 
 SIGMA_CONST = 0.3  # Darknet's sigma_const in the Gaussian's normaliser
 EPSILON = 1e-9
@@ -95,7 +95,7 @@ def gaussian_head_loss(spec: GaussianTrainSpec, out: torch.Tensor, targets: torc
     anchors = head.anchor_tensor().to(out.device)  # [A, 2] input pixels
     img, cls = targets[:, 0].long(), targets[:, 1].long()
     truth = box_convert(targets[:, 2:6], "xyxy", "cxcywh")  # fractions
-    t_idx, a_idx = _assign(head, truth[:, 2:4] * net)
+    t_idx, a_idx = assign_anchors(head, truth[:, 2:4] * net)
     bi, ti = img[t_idx], truth[t_idx]
     gi = (ti[:, 0] * w).long().clamp_(0, w - 1)
     gj = (ti[:, 1] * h).long().clamp_(0, h - 1)
