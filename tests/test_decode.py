@@ -109,7 +109,7 @@ def test_detection_decode_one_cell(softmax: bool, sqrt: bool) -> None:
     spec = DetectionSpec(layer=0, classes=classes, num=num, coords=4, side=side, softmax=softmax, sqrt=sqrt, stride=32)
     cells = side * side
     flat = torch.zeros(cells * (classes + num * 5))
-    cell, box = 3, 1  # row 1, col 1
+    cell, box = 2, 1  # row 1, col 0
     flat[cell * classes:(cell + 1) * classes] = torch.tensor([0.5, -2.0, 1.0])
     flat[cells * classes + cell * num + box] = -0.4
     coords = cells * (classes + num) + (cell * num + box) * 4
@@ -120,7 +120,7 @@ def test_detection_decode_one_cell(softmax: bool, sqrt: bool) -> None:
     cls = torch.tensor([0.5, -2.0, 1.0])
     cls = cls.softmax(0) if softmax else cls
     wh = [0.36, 0.09] if sqrt else [0.6, 0.3]
-    expected = torch.tensor([(1 + 0.25) / 2 * 64, (1 + 0.5) / 2 * 96, wh[0] * 64, wh[1] * 96, 1.0, *(-0.4 * cls)])
+    expected = torch.tensor([(0 + 0.25) / 2 * 64, (1 + 0.5) / 2 * 96, wh[0] * 64, wh[1] * 96, 1.0, *(-0.4 * cls)])
     torch.testing.assert_close(row, expected, atol=1e-4, rtol=1e-5)
 
 
