@@ -21,6 +21,9 @@ holds (``objectness`` and ``prob / objectness``), so every head fits that one ru
   (``cls`` softmaxed when ``softmax=1``, else raw); no objectness threshold: rows carry ``obj = 1, cls = prob``.
 
 Boxes come out in network-input pixels (the fractions above times net_w / net_h).
+
+Warning: with ``letter_box=1`` Darknet scales ``[detection]`` boxes straight to the image (``get_detection_detections``
+ignores the letterbox); yolodet maps them back through the letterbox as for every other head.
 """
 
 from __future__ import annotations
