@@ -118,3 +118,36 @@ def test_val_protocol_sets_darknet_thresholds(tmp_path: Path, capsys) -> None:
             "--workers", "0", "--device", "cpu", "--no-progress", "--protocol", "alexeyab-valid"]
     assert main(argv) == 0
     assert "conf 0.001, NMS 0.6," in capsys.readouterr().out
+
+
+_BODY = "[net]\nwidth=64\nheight=64\nchannels=3\n[convolutional]\nfilters=8\nsize=3\npad=1\nactivation=leaky\n" \
+        "[maxpool]\nsize=2\nstride=2\n"
+HEAD_CFGS = {  # two classes, as the fixture dataset
+    "region": _BODY + "[convolutional]\nfilters=14\nsize=1\nactivation=linear\n"
+                      "[region]\nanchors=1,1,3,2\nclasses=2\ncoords=4\nnum=2\nsoftmax=1\n",
+    "gaussian_yolo": _BODY + "[convolutional]\nfilters=22\nsize=1\nactivation=linear\n"
+                             "[Gaussian_yolo]\nmask=0,1\nanchors=10,14,23,27\nclasses=2\nnum=2\n",
+    "detection": _BODY + "[connected]\noutput=48\nactivation=linear\n"
+                         "[detection]\nclasses=2\ncoords=4\nside=2\nnum=2\nsqrt=1\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HEAD_CFGS))
+def test_detect_and_val_run_region_gaussian_and_detection_heads(kind: str, tmp_path: Path, capsys) -> None:
+    from conftest import randomize
+    from yolodet.modeling.model import Darknet
+    from yolodet.modeling.weights import save_darknet_weights
+
+    cfg, weights = tmp_path / f"{kind}.cfg", tmp_path / f"{kind}.weights"
+    cfg.write_text(HEAD_CFGS[kind])
+    model = Darknet.from_cfg(cfg)
+    assert [h.kind for h in model.heads] == [kind]
+    save_darknet_weights(randomize(model), weights)
+    data = FIXTURES / "data" / "darknet"
+    common = ["--cfg", str(cfg), "--weights", str(weights), "--device", "cpu", "--no-progress"]
+    assert main(["detect", *common, "--conf-thres", "0.01", "--output", str(tmp_path / "out"), "--no-images",
+                 str(data / "images")]) == 0
+    written = list((tmp_path / "out").rglob("*.json"))
+    assert written and "box_xyxy" in written[0].read_text()
+    assert main(["val", *common, "--data", str(data / "tiny.data"), "--workers", "0"]) == 0
+    assert "AP" in capsys.readouterr().out

@@ -260,3 +260,12 @@ def test_cli_export_module(tmp_path: Path, capsys) -> None:
     with pytest.raises(ExportError, match="--conf-thres only apply with --end2end"):
         cli_export.run(parser.parse_args(["--cfg", str(cfg), "--weights", str(weights), "--conf-thres", "0.1"]))
     assert isinstance(cli_export.HELP, str) and "\n" not in cli_export.HELP
+
+
+def test_end2end_refuses_heads_it_does_not_decode(tmp_path: Path) -> None:
+    text = ("[net]\nwidth=64\nheight=64\nchannels=3\n[convolutional]\nfilters=14\nsize=1\nactivation=linear\n"
+            "[region]\nanchors=1,1,2,2\nclasses=2\nnum=2\nsoftmax=1\n")
+    model = Darknet.from_cfg_text(text)
+    with pytest.raises(ExportError, match=r"--end2end decodes \[yolo\] heads only, this cfg has \[region\]"):
+        to_onnx(model, tmp_path / "e2e.onnx", end2end=True)
+    assert not (tmp_path / "e2e.onnx").exists()

@@ -106,6 +106,10 @@ def _end2end_settings(model: Darknet, conf: float | None, nms: float | None, k: 
                       ) -> tuple[float, float, int]:
     if not model.heads:
         raise ExportError(f"{model.cfg_path}: --end2end needs [yolo] heads; this cfg is a classifier")
+    other = sorted({f"[{h.kind}]" for h in model.heads} - {"[yolo]"})
+    if other:
+        raise ExportError(f"{model.cfg_path}: --end2end decodes [yolo] heads only, this cfg has {', '.join(other)} "
+                          "(export the raw heads without --end2end; Detector and `yolodet detect` decode them)")
     conf = DEFAULT_CONF_THRES if conf is None else float(conf)
     nms = DEFAULT_NMS_THRES if nms is None else float(nms)
     k = DEFAULT_MAX_DET if k is None else int(k)

@@ -40,7 +40,8 @@ class Detector:
     """A YOLO model plus its preprocessing, decode and post-processing.
 
     Args:
-        model: a :class:`Darknet` with ``[yolo]`` heads.
+        model: a :class:`Darknet` with detection heads (``[yolo]``, ``[Gaussian_yolo]``, ``[region]``,
+            ``[detection]``).
         names: class names (index -> name); ``"class <i>"`` when None.
         img_size: network input size, an int or (w, h); the cfg's size when None.
         preprocess: one of :data:`yolodet.preprocess.PREPROCESS_MODES`; :func:`default_preprocess` when None.
@@ -66,7 +67,8 @@ class Detector:
                  device: str | torch.device = DEFAULT_DEVICE, precision: str = "fp32", optimize: bool | str = "auto",
                  backend: str = "torch") -> None:
         if not model.heads:
-            raise ValueError(f"{model.cfg_path}: the cfg has no [yolo] heads; it is not a detector")
+            raise ValueError(f"{model.cfg_path}: the cfg has no detection head ([yolo], [Gaussian_yolo], [region] or "
+                             "[detection]); it is not a detector")
         self.preprocess_mode = preprocess or default_preprocess(model)
         if self.preprocess_mode not in PREPROCESS_MODES:
             raise ValueError(f"unknown preprocess {self.preprocess_mode!r}; known: {', '.join(PREPROCESS_MODES)}")

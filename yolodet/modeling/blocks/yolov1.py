@@ -72,6 +72,7 @@ class DetectionSpec:
         layer: Darknet layer index; classes, num (boxes per cell), coords (4), side (grid side).
         softmax: Darknet applies a softmax to each cell's class scores (``softmax=1``).
         sqrt: box w, h are predicted as square roots (``sqrt=1``).
+        stride: input pixels per grid cell at the cfg's network size (``width // side``).
     """
 
     layer: int
@@ -81,6 +82,7 @@ class DetectionSpec:
     side: int
     softmax: bool
     sqrt: bool
+    stride: int = 1
     kind: str = "detection"
 
 
@@ -103,5 +105,5 @@ def build_detection(block: CfgBlock, ctx: BuildContext) -> DetectionHead:
         raise block.error(f"the input has {math.prod(ctx.in_shape)} values but side*side*(classes + num*(1 + "
                           f"coords)) = {expected}", "side")
     spec = DetectionSpec(ctx.index, classes, num, coords, side, bool(block.get_int("softmax", 0)),
-                         bool(block.get_int("sqrt", 0)))
+                         bool(block.get_int("sqrt", 0)), stride=max(1, ctx.net.width // side))
     return DetectionHead(spec, ctx.in_shape)

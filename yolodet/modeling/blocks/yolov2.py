@@ -92,7 +92,8 @@ class RegionSpec:
         layer: Darknet layer index of the ``[region]`` block.
         anchors: [num, 2] (w, h) in *grid cells* (unlike ``[yolo]``'s input pixels).
         classes, coords: channels per anchor are ``coords + 1 + classes``: ``[tx, ty, tw, th, ..., obj, cls...]``.
-        softmax: class scores are a softmax over the classes (else independent logistics, Darknet's default 0).
+        softmax: class scores are a softmax over the classes; with ``softmax=0`` (Darknet's default) Darknet's CPU
+            forward leaves them as the raw conv values (no logistic), and so does decode.
         tree: ``tree=`` file (yolo9000's ``softmax_tree``), read relative to the current folder as Darknet does.
         stride: input pixels per grid cell at the cfg's network size.
     """
