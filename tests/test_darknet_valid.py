@@ -2,9 +2,10 @@
 
 coco128, official yolov3-tiny weights, AlexeyAB's ``valid`` protocol (thresh 0.001, NMS 0.6), three settings:
 plain resize, ``letter_box=1`` in the cfg (``valid`` ignores the ``-letter_box`` flag), and ``nms_kind=diounms``
-with ``beta_nms=0.6`` in every ``[yolo]`` (``diounms_sort``). A Darknet detection matches a yolodet one of the
-same image and class with IoU > 0.99 and |score difference| < 1e-3 (one to one); at least 99.5% of each side's
-detections must match. Slow: Darknet C runs 3 x 128 images without SIMD (minutes on two shared cores).
+with ``beta_nms=0.6`` in every ``[yolo]`` (``diounms_sort``, its DIoU term on original-image pixels). A Darknet
+detection matches a yolodet one of the same image and class with IoU > 0.99 and |score difference| < 1e-3 (one to
+one); at least 99.5% of each side's detections must match. Slow: Darknet C runs 3 x 128 images without SIMD
+(minutes on two shared cores).
 """
 
 from __future__ import annotations
@@ -22,14 +23,10 @@ SETTINGS = {
     "letterbox": lambda text: text.replace("[net]", "[net]\nletter_box=1", 1),
     "diounms": lambda text: text.replace("[yolo]", "[yolo]\nnms_kind=diounms\nbeta_nms=0.6"),
 }
-KNOWN_SHORT = {"diounms": "measured 44408 matched of Darknet's 44571 (99.63%) / yolodet's 44644 (99.47%): just "
-                          "under 99.5% on yolodet's side; the cause (float32 DIoU near the threshold, qsort ties?) "
-                          "is not found yet"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting", [pytest.param(s, marks=pytest.mark.xfail(reason=KNOWN_SHORT[s], strict=False))
-                                     if s in KNOWN_SHORT else s for s in sorted(SETTINGS)])
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
 def test_detections_match_darknet_detector_valid(setting: str, oracle, tmp_path: Path) -> None:
     images = sorted(need_shared(COCO128 / "images").glob("*.jpg"))
     base = need_shared(SHARED / "data" / "darknet-cfg" / "yolov3-tiny.cfg")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from yolodet.inference.postprocess import postprocess
@@ -96,20 +97,43 @@ def test_greedynms_uses_exponent_0_6_whatever_beta() -> None:
         assert len(det) == 2
 
 
-def test_diou_term_uses_fractions_of_the_image() -> None:
-    """Darknet's boxes are fractions of the image's width and height: a non-square image changes d^2 / c^2."""
-    preds = torch.tensor([[_row(50, 50, 20, 20, 1.0, 0.9), _row(50, 58, 20, 20, 1.0, 0.8)]])  # shifted in y
-    iou = 240 / 560
-    square = iou - (64 / 1184) ** 0.6
-    wide = Mapping(orig_w=200, orig_h=100, net_w=100, net_h=100, new_w=100, new_h=50, pad_x=0, pad_y=25)
-    # in fractions: dy = 8/50, box h = 20/50 (w = 20/100): d^2 = 0.0256, c^2 = 0.2^2 + 0.56^2 = 0.3536
-    metric = iou - (0.0256 / 0.3536) ** 0.6
-    assert metric < square
-    thresh = (metric + square) / 2
-    [det] = postprocess(preds, conf_thres=0.25, nms_thres=thresh, nms_kind="diounms", mappings=[wide])
-    assert len(det) == 2
-    [det] = postprocess(preds, conf_thres=0.25, nms_thres=thresh, nms_kind="diounms")
+def _shifted_in_y() -> torch.Tensor:
+    """Two same-class 20x20 boxes in network pixels, the second 8 px lower: IoU = 240 / 560."""
+    return torch.tensor([[_row(50, 50, 20, 20, 1.0, 0.9), _row(50, 58, 20, 20, 1.0, 0.8)]])
+
+
+# plain resize of a 200x100 image to 100x100 (x scaled by 2), and its letterbox (content 100x50 at pad_y 25)
+RESIZED = Mapping(orig_w=200, orig_h=100, net_w=100, net_h=100, new_w=100, new_h=100, pad_x=0, pad_y=0)
+BOXED = Mapping(orig_w=200, orig_h=100, net_w=100, net_h=100, new_w=100, new_h=50, pad_x=0, pad_y=25)
+SQUARE = 240 / 560 - (64 / 1184) ** 0.6  # in network pixels: d^2 = 8^2, c^2 = 20^2 + 28^2
+DIOU_IN_UNITS = {
+    # original pixels: boxes 40x20, dy = 8: d^2 = 64, c^2 = 40^2 + 28^2
+    (RESIZED, "pixels"): 240 / 560 - (64 / 2384) ** 0.6,
+    (RESIZED, "fractions"): SQUARE,  # both axes / 100
+    (BOXED, "pixels"): SQUARE,  # both axes x 2
+    # fractions: boxes 0.2 x 0.4, dy = 8/50: d^2 = 0.0256, c^2 = 0.2^2 + 0.56^2
+    (BOXED, "fractions"): 240 / 560 - (0.0256 / 0.3536) ** 0.6,
+}
+
+
+@pytest.mark.parametrize("mapping, units", list(DIOU_IN_UNITS), ids=["resize-pixels", "resize-fractions",
+                                                                   "letterbox-pixels", "letterbox-fractions"])
+def test_diou_term_is_computed_in_the_units_asked(mapping: Mapping, units: str) -> None:
+    """``detector valid`` computes DIoU on original-image pixels, ``test``/``map`` on fractions of the image: a
+    per-axis scale changes ``d^2 / c^2``. The pair is suppressed just below the metric, kept just above it."""
+    metric = DIOU_IN_UNITS[mapping, units]
+    for thresh, expected in ((metric - 0.005, 1), (metric + 0.005, 2)):
+        [det] = postprocess(_shifted_in_y(), conf_thres=0.25, nms_thres=thresh, nms_kind="diounms",
+                            mappings=[mapping], diou_units=units)
+        assert len(det) == expected, (thresh, expected)
+
+
+def test_diou_units_default_to_detector_valid_and_are_checked() -> None:
+    thresh = (DIOU_IN_UNITS[RESIZED, "pixels"] + SQUARE) / 2  # pixels suppress, fractions keep both
+    [det] = postprocess(_shifted_in_y(), conf_thres=0.25, nms_thres=thresh, nms_kind="diounms", mappings=[RESIZED])
     assert len(det) == 1
+    with pytest.raises(ValueError, match="diou_units"):
+        postprocess(_shifted_in_y(), nms_kind="diounms", diou_units="relative")
 
 
 def test_nms_kind_comes_from_the_last_head() -> None:

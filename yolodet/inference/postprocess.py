@@ -10,7 +10,11 @@ back to the original image and clipped, as Darknet does when it prints or writes
 is suppressed when ``metric(kept, box) > nms_thres`` with ``greedynms``: DIoU with exponent 0.6
 (``box_diou``: ``IoU - (d^2 / c^2)^0.6``), ``diounms``: ``IoU - (d^2 / c^2)^beta_nms`` (``box_diounms``),
 ``cornersnms``: IoU (the corner averaging is commented out in Darknet). ``d`` is the centre distance and ``c`` the
-diagonal of the enclosing box, in Darknet's coordinates: fractions of the image's width and height.
+diagonal of the enclosing box. Unlike IoU, ``d^2 / c^2`` changes when the axes are scaled differently, so the
+units matter (``diou_units``): ``detector valid`` asks ``get_network_boxes`` for absolute boxes (``relative=0``),
+original-image pixels (``"pixels"``, the default); ``detector test``, ``map`` and ``demo`` for relative ones,
+fractions of the image's width and height (``"fractions"``). The two differ only where the image was resized to
+another aspect ratio (not letterboxed).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def candidates(pred: torch.Tensor, conf_thres: float) -> Detections:
 
 
 NMS_KINDS = ("default", "greedynms", "diounms", "cornersnms")
+DIOU_UNITS = ("pixels", "fractions")
 
 
 def nms_settings(heads: Sequence) -> tuple[str, float]:
@@ -82,8 +87,8 @@ def darknet_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     """AlexeyAB's ``diounms_sort`` (see the module docstring) -> kept indices, by descending score.
 
     Args:
-        boxes: [N, 4] xyxy; scale: (w, h) that boxes are divided by first (Darknet's DIoU term is computed on
-            fractions of the image, so it is not invariant to a per-axis scale).
+        boxes: [N, 4] xyxy; scale: (w, h) that boxes are divided by first, to bring them to the units Darknet
+            computes the DIoU term in (it is not invariant to a per-axis scale; IoU is).
     """
     if kind not in NMS_KINDS:
         raise ValueError(f"unknown nms_kind {kind!r}; known: {', '.join(NMS_KINDS)}")
@@ -108,9 +113,18 @@ def darknet_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     return kept_t[scores[kept_t].argsort(descending=True, stable=True)]
 
 
+def _diou_scale(mapping: Mapping | None, units: str) -> tuple[float, float]:
+    """(w, h) that network-input boxes are divided by so the DIoU term is computed in ``units``."""
+    if mapping is None:
+        return 1.0, 1.0
+    if units == "fractions":
+        return mapping.new_w, mapping.new_h
+    return mapping.new_w / mapping.orig_w, mapping.new_h / mapping.orig_h  # the offset does not change DIoU
+
+
 def postprocess(preds: torch.Tensor, *, conf_thres: float = 0.25, nms_thres: float = 0.45,
                 mappings: Sequence[Mapping] | None = None, max_det: int | None = None, nms_kind: str = "default",
-                beta_nms: float = 0.6) -> list[Detections]:
+                beta_nms: float = 0.6, diou_units: str = "pixels") -> list[Detections]:
     """Decoded predictions [B, N, 5+C] (see :class:`yolodet.decode.YoloDecoder`) -> one :class:`Detections` per
     image, sorted by score (descending).
 
@@ -118,11 +132,15 @@ def postprocess(preds: torch.Tensor, *, conf_thres: float = 0.25, nms_thres: flo
         mappings: one per image; boxes are mapped to original pixels and clipped when given.
         max_det: keep at most this many detections per image (all when None, as Darknet).
         nms_kind, beta_nms: Darknet's ``[yolo]`` keys (see the module docstring and :func:`nms_settings`).
+        diou_units: ``"pixels"`` (``detector valid``) or ``"fractions"`` (``detector test``/``map``): the units
+            of the DIoU-based kinds' centre-distance term, with ``mappings`` (network-input pixels without).
     """
+    if diou_units not in DIOU_UNITS:
+        raise ValueError(f"unknown diou_units {diou_units!r}; known: {', '.join(DIOU_UNITS)}")
     results = []
     for i, pred in enumerate(preds):
         det = candidates(pred, conf_thres)
-        scale = (mappings[i].new_w, mappings[i].new_h) if mappings is not None else (1.0, 1.0)
+        scale = _diou_scale(mappings[i] if mappings is not None else None, diou_units)
         keep = darknet_nms(det.boxes, det.scores, det.labels, nms_thres, nms_kind, beta_nms, scale)
         if max_det is not None:
             keep = keep[:max_det]
