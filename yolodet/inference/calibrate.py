@@ -10,6 +10,12 @@ them, so one calibration file serves CPUs with and without VNNI (which quantise 
 Calibration sources: a folder of images (``.jpg``, ``.png`` ...; at least 1, a few dozen from the deployment's own
 domain is best), a list of RGB uint8 images, or ``None``: the bundled sample image (``yolodet/assets/zebras.jpg``)
 and its mirror image -- enough to run, not to calibrate well (see :data:`DEFAULT_NOTE`).
+
+An int8 file (``yolodet quantize``, :func:`save_int8`) is a yolodet checkpoint (:mod:`yolodet.modeling.checkpoint`:
+the cfg text and the fp32 state dict, written atomically, read with ``torch.load(weights_only=True)``, no code
+unpickled) with one more entry, ``"int8": {"ranges": float64 [L + 1, 2], "images": int, "source": str}``. Every
+tool that takes ``--weights`` reads it as the fp32 model it also is; ``--precision int8`` (or ``--half`` where that
+is int8) uses its calibration.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from yolodet.data.images import read_image
 from yolodet.errors import YolodetError
 from yolodet.inference.preprocess import preprocess
 from yolodet.inference.sources import IMAGE_EXTS, SAMPLE_IMAGE
+from yolodet.modeling.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
 from yolodet.modeling.model import Darknet
 
-__all__ = ["DEFAULT_NOTE", "Calibration", "CalibrationError", "calibrate", "calibration_images"]
+__all__ = ["DEFAULT_NOTE", "Calibration", "CalibrationError", "calibrate", "calibration_images", "read_calibration",
+           "save_int8"]
 
 DEFAULT_NOTE = ("int8 calibrated on the bundled sample image only; for accuracy on your data calibrate once on a "
                 "folder of your images: yolodet quantize --cfg CFG --weights W --calibrate DIR -o model.int8.pt")
@@ -132,3 +140,30 @@ def calibrate(model: Darknet, source: str | os.PathLike | Sequence[np.ndarray] |
             lows[k, j], highs[k, j] = float(lo), float(hi)
     return Calibration(torch.stack([lows.mean(0), highs.mean(0)], 1), len(images), where)
 
+
+
+def save_int8(model: Darknet, calibration: Calibration, path: str | os.PathLike) -> None:
+    """Write ``model`` and its ``calibration`` as an int8 file (see the module docstring), atomically."""
+    if len(calibration.ranges) != len(model.layers) + 1:
+        raise CalibrationError(f"the calibration has ranges for {len(calibration.ranges) - 1} layers, the model "
+                               f"has {len(model.layers)}")
+    save_checkpoint(model, path, int8=calibration.to_dict())
+
+
+def read_calibration(path: str | os.PathLike, num_layers: int) -> Calibration | None:
+    """The calibration stored in an int8 file; None for ``.weights`` files and checkpoints without one.
+
+    Raises:
+        CheckpointError: an unreadable checkpoint; CalibrationError: a damaged ``int8`` entry.
+    """
+    if not is_checkpoint(path):
+        return None
+    entry = load_checkpoint(path).get("int8")
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise CalibrationError(f"{path}: the 'int8' entry is a {type(entry).__name__}, not a dict")
+    try:
+        return Calibration.from_dict(entry, num_layers)
+    except CalibrationError as exc:
+        raise CalibrationError(f"{path}: {exc}") from None
