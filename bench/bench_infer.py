@@ -2,12 +2,13 @@
 """Inference speed of yolodet against ONNX Runtime, OpenVINO and OpenCV DNN (and the ``pytorchyolo`` package when
 installed), as markdown tables for the README.
 
-    python bench/bench_infer.py                  # yolo-v3-tiny + yolo-v3 at 416, batch 1 and 8, 2 threads
+    python bench/bench_infer.py                  # the four YOLOs at 416, batch 1 and 8, 2 threads
+    python bench/bench_infer.py --models yolo-v3-tiny --batches 1 --rounds 5 --e2e-runs 0   # a short run
 
 What is timed: the network forward only (a float32 [B, 3, 416, 416] blob in, raw head outputs out), warm, the
 median milliseconds per image. yolodet runs ``optimize_for_inference`` (BN folded, conv+activation fused by oneDNN,
 channels_last) in fp32 and in its fast mode (``precision="half"``: fp16 on CUDA, bf16 on CPUs with native bf16,
-fp32 elsewhere -- the table says which). OpenCV runs ``readNetFromDarknet`` with ``DNN_BACKEND_OPENCV`` on the CPU
+int8 on other CPUs, calibrated on ``--calibrate`` or the bundled sample image -- the table says which). OpenCV runs ``readNetFromDarknet`` with ``DNN_BACKEND_OPENCV`` on the CPU
 in fp32, on the *same* weights: yolo-v3-tiny uses the official weights when ``../shared/weights`` has them, other
 models random weights that yolodet writes to a temporary ``.weights`` file for every peer to load. The peers are
 timed in turn, one forward each per round, so load from other processes hits all of them alike. Both libraries
@@ -72,19 +73,22 @@ from yolodet.modeling.weights import load_darknet_weights, save_darknet_weights 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = {"yolo-v3-tiny": ROOT.parent / "shared" / "weights" / "yolov3-tiny.weights"}
 SAMPLE = ROOT / "yolodet" / "assets" / "zebras.jpg"
+MODELS = ("yolo-v3-tiny", "yolo-v4-tiny", "yolo-v3", "yolo-v4")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfgs", nargs="+", default=[str(ROOT / "cfg" / "yolo-v3-tiny.cfg"),
-                                                  str(ROOT / "cfg" / "yolo-v3.cfg")], help="cfg files")
+    p.add_argument("--models", "--cfgs", dest="cfgs", nargs="+", default=list(MODELS),
+                   help="shipped cfg names (cfg/<name>.cfg) or cfg files (default: %(default)s)")
     p.add_argument("--img-size", type=int, default=416, help="square input size (default: %(default)s)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
     p.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=20.0,
                    help="timing budget per (model, batch) row group; rounds are added until it is spent")
     p.add_argument("--min-rounds", type=int, default=7, help="at least this many timed forwards per peer")
-    p.add_argument("--fast", default="half", choices=("half", "bf16", "fp16"),
+    p.add_argument("--rounds", type=int, help="exactly this many timed rounds (overrides --seconds/--min-rounds)")
+    p.add_argument("--calibrate", help="int8 fast mode: folder of calibration images (default: the bundled sample)")
+    p.add_argument("--fast", default="half", choices=("half", "bf16", "fp16", "int8"),
                    help="the fast mode timed next to fp32 (default: half = the device's fast mode; bf16 forces "
                         "bf16 even where it is emulated)")
     p.add_argument("--e2e-runs", type=int, default=5, help="tools/detect.py runs per model (0: skip)")
@@ -226,11 +230,18 @@ def graph_boxes(run, image: np.ndarray, size: int, mode: str) -> torch.Tensor:
     return mapping.to_original(torch.from_numpy(np.asarray(boxes)[0, :int(np.asarray(num)[0])]))
 
 
+def _cfg_path(name: str) -> Path:
+    shipped = ROOT / "cfg" / f"{name}.cfg"
+    return shipped if shipped.is_file() else Path(name)
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.rounds is not None:
+        args.seconds, args.min_rounds = 0.0, max(args.rounds, 1)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     fast = resolve_precision(args.fast, "cpu")
-    fast_label = f"fast ({fast})" + ("" if fast != "fp32" or args.fast != "half" else ": no native bf16 on this CPU")
+    fast_label = f"fast ({fast})" + ("" if fast != "fp32" or args.fast != "half" else ": nothing faster on this CPU")
     use_ort = not args.no_onnxruntime and installed("onnxruntime") and installed("onnx")
     use_ov = not args.no_openvino and installed("openvino") and installed("onnx")
     ov_fast = "bf16" if fast == "bf16" else "f32"
@@ -238,13 +249,14 @@ def main(args: argparse.Namespace) -> int:
     rows, image_rows, e2e_rows, notes = [], [], [], []
     image = read_image(SAMPLE)
     with tempfile.TemporaryDirectory() as tmp:
-        for cfg in map(Path, args.cfgs):
+        for cfg in map(_cfg_path, args.cfgs):
             weights, origin = weights_file(cfg, Path(tmp))
             model = Darknet.from_cfg(cfg)
             load_darknet_weights(model, weights)
             model.eval()
             fp32 = optimize_for_inference(model, precision="fp32", device="cpu")
-            fastm = fp32 if fast == "fp32" else optimize_for_inference(model, precision=fast, device="cpu")
+            fastm = fp32 if fast == "fp32" else optimize_for_inference(
+                model, precision=fast, device="cpu", calibration=args.calibrate, img_size=(args.img_size,) * 2)
             cv = None if args.no_opencv else opencv_peer(cfg, weights, model)
             pty = pytorchyolo_peer(cfg, weights, notes)
             raw_onnx, e2e_onnx = onnx_files(model, Path(tmp), cfg.stem) if use_ort or use_ov else (None, None)
@@ -289,7 +301,8 @@ def main(args: argparse.Namespace) -> int:
             if args.e2e_runs > 0:
                 e2e_rows.append((cfg.stem, "fp32", e2e_seconds(cfg, weights, [], args.e2e_runs, args.threads)))
                 if fast != "fp32":
-                    e2e_rows.append((cfg.stem, fast, e2e_seconds(cfg, weights, ["--precision", fast],
+                    extra = ["--calibrate", args.calibrate] if fast == "int8" and args.calibrate else []
+                    e2e_rows.append((cfg.stem, fast, e2e_seconds(cfg, weights, ["--precision", fast, *extra],
                                                                  args.e2e_runs, args.threads)))
     load_after = os.getloadavg()
 
@@ -309,6 +322,15 @@ def main(args: argparse.Namespace) -> int:
         cells = [_ms(v) for v in (ortms, ovms, cvms)] + [_ratio(v, ours) for v in (ortms, ovms, cvms)]
         print(f"| {name} | {origin} | {batch} | {mode} | {ours:.1f} | {' | '.join(cells)} "
               f"| {f'{ptyms:.1f}' if ptyms else 'not installed'} |")
+    print()
+    print("| model | batch | yolodet fp32 ms/img | yolodet fast ms/img | ORT | OpenVINO | OpenCV | fp32 img/s | "
+          "fast img/s | fp32 / fastest peer | fast / fp32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (name, batch), (f32, fastms, peer_ms) in _summary(rows).items():
+        best = min((v for v in peer_ms if v), default=None)
+        print(f"| {name} | {batch} | {f32:.1f} | {fastms:.1f} | {' | '.join(_ms(v) for v in peer_ms)} | "
+              f"{1000 / f32:.1f} | {1000 / fastms:.1f} | {_ratio(f32, best) if best else '-'} | "
+              f"{fastms / f32:.2f} |")
     if image_rows:
         print()
         print("| image in, boxes out (1 image, fp32) | yolodet ms | yolodet ORT backend ms | ORT end2end graph ms "
@@ -351,6 +373,18 @@ def image_in_boxes_out(name: str, model: Darknet, e2e_onnx: Path | None, image: 
                      + ("" if same else f" (torch: {len(ref)}; they DIFFER)"))
     med = time_interleaved(peers, args.seconds, args.min_rounds)
     return [(name, {k: v * 1000 for k, v in med.items()})]
+
+
+def _summary(rows: list) -> dict:
+    """(model, batch) -> (fp32 ms, fast ms, [ORT, OpenVINO f32, OpenCV ms]) from the main table's rows."""
+    out: dict = {}
+    for name, _, batch, mode, ours, ortms, ovms, cvms, _ in rows:
+        f32, fastms, peers = out.get((name, batch), (None, None, None))
+        if mode == "fp32":
+            out[name, batch] = (ours, fastms if fastms is not None else ours, [ortms, ovms, cvms])
+        else:
+            out[name, batch] = (f32, ours, peers)
+    return out
 
 
 def _ms(value: float | None) -> str:

@@ -14,6 +14,10 @@ AP moves for models that close to the official weights. A per-category table spl
 difference into the categories it comes from (a category's AP change over the number of categories with ground
 truth): on 128 images, a category with two objects weighs as much as one with 250.
 
+For ``--fast int8`` (what ``half`` is on CPUs without native bf16) the fast mode is calibrated on ``--calibrate``
+(default: the bundled sample image, the product's default) and the weight table rounds each BN-folded conv weight to
+int8 per output channel as the int8 mode does.
+
 Not a test. Usage: ``python bench/precision_accuracy.py [--seeds 8] [--preprocess darknet-letterbox]``
 """
 
@@ -61,6 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-noise", type=float, nargs="+", default=[2.0 ** -9, 2.0 ** -11, 2.0 ** -13],
                    help="relative jitters of the weights in the last table (default: 2**-9 2**-11 2**-13)")
     p.add_argument("--top", type=int, default=6, help="categories in the per-category table (default: 6)")
+    p.add_argument("--calibrate", help="int8: folder of calibration images (default: the bundled sample image)")
+    p.add_argument("--skip-weight-table", action="store_true", help="leave out the altered-weights table")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, help="image-loading processes (default: as tools/eval_coco.py)")
     return p
@@ -81,7 +87,7 @@ class JitteredDetector(Detector):
 
 
 def run(args: argparse.Namespace, precision: str, preprocess: str, seed: int | None) -> EvalResult:
-    kwargs = dict(preprocess=preprocess, device=args.device, precision=precision)
+    kwargs = dict(preprocess=preprocess, device=args.device, precision=precision, calibration=args.calibrate)
     if seed is None:
         detector = Detector.from_cfg(args.cfg, args.weights, **kwargs)
     else:
@@ -101,9 +107,9 @@ class PrebuiltDetector(Detector):
 
 
 def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | None = None,
-                        noise: float = 0.0) -> tuple[float, float]:
-    """fp32 (AP, AP50) with every BN-folded conv weight rounded to bf16 as the fast mode rounds it
-    (``seed=None``), or jittered by ``1 + noise * U(-1, 1)`` (``seed``: the jitter's random seed)."""
+                        noise: float = 0.0, fast: str = "bf16") -> tuple[float, float]:
+    """fp32 (AP, AP50) with every BN-folded conv weight rounded as the fast mode rounds it (bf16, or int8 per
+    output channel; ``seed=None``), or jittered by ``1 + noise * U(-1, 1)`` (``seed``: the jitter's random seed)."""
     model = load_model(args.cfg, args.weights)
     net = optimize_for_inference(model, device=args.device)
     g = None if seed is None else torch.Generator().manual_seed(seed)
@@ -111,7 +117,10 @@ def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | N
         for layer in net.net.layers:
             if isinstance(layer, FrozenConv):
                 w = layer.weight
-                if g is None:
+                if g is None and fast == "int8":
+                    scale = (w.abs().amax((1, 2, 3), keepdim=True) / 127).clamp_min(1e-12)
+                    w.copy_(torch.round(w / scale).clamp_(-127, 127) * scale)
+                elif g is None:
                     w.copy_(w.bfloat16().float())
                 else:
                     w.mul_(1 + noise * (2 * torch.rand(w.shape, generator=g) - 1).to(w.device))
@@ -154,8 +163,9 @@ def main(args: argparse.Namespace) -> None:
     with open(args.annotations, encoding="utf-8") as f:
         args.gt = json.load(f)
     start = time.perf_counter()
+    calibrated = f" calibrated on {args.calibrate or 'the bundled sample'}" if fast == "int8" else ""
     print(f"{Path(args.cfg).name} + {Path(args.weights).name} on {len(args.source.samples)} images; fast mode = "
-          f"{fast}; jitter {args.noise:.2g} relative, {args.seeds} seeds; torch {torch.__version__}\n")
+          f"{fast}{calibrated}; jitter {args.noise:.2g} relative, {args.seeds} seeds; torch {torch.__version__}\n")
     print("| preprocess | metric | fp32 | fast | fast - fp32 | fp32 jittered (mean ± sd) | fast jittered "
           "(mean ± sd) | paired fast - fp32 (mean ± s.e.) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -181,13 +191,16 @@ def main(args: argparse.Namespace) -> None:
         for row in category_shares(exact[preprocess, "fp32"], exact[preprocess, fast], args.top):
             print(row, flush=True)
 
+    if args.skip_weight_table:
+        print(f"\n{time.perf_counter() - start:.0f} s")
+        return
     print("\n| preprocess | fp32 model | AP | AP - fp32 AP | AP50 | AP50 - fp32 AP50 |")
     print("|---|---|---:|---:|---:|---:|")
     for preprocess in args.preprocess:
         ref = exact[preprocess, "fp32"]
         print(f"| {preprocess} | official weights | {ref.ap:.4f} | | {ref.ap50:.4f} | |")
-        ap, ap50 = run_altered_weights(args, preprocess)
-        print(f"| {preprocess} | weights rounded to bf16 | {ap:.4f} | {ap - ref.ap:+.4f} | {ap50:.4f} | "
+        ap, ap50 = run_altered_weights(args, preprocess, fast=fast)
+        print(f"| {preprocess} | weights rounded to {'int8 per channel' if fast == 'int8' else 'bf16'} | {ap:.4f} | {ap - ref.ap:+.4f} | {ap50:.4f} | "
               f"{ap50 - ref.ap50:+.4f} |", flush=True)
         for noise in args.weight_noise:
             runs = [run_altered_weights(args, preprocess, seed, noise) for seed in range(args.seeds)]

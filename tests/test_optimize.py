@@ -26,6 +26,7 @@ from yolodet.inference.optimize import (
     resolve_precision,
     weights_version,
 )
+from yolodet.inference.quantize import int8_available
 from yolodet.modeling.weights import save_darknet_weights
 
 CFGS = [FIXTURES / "tiny.cfg", *REFERENCE_CFGS]
@@ -139,7 +140,8 @@ def test_weights_version_sees_in_place_updates() -> None:
 
 def test_precision_names() -> None:
     assert resolve_precision("fp32", "cpu") == "fp32"
-    assert resolve_precision("half", "cpu") == fast_precision("cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    cpu_fast = "bf16" if cpu_has_native_bf16() else "int8" if int8_available() else "fp32"
+    assert resolve_precision("half", "cpu") == fast_precision("cpu") == cpu_fast
     assert resolve_precision("half", "cuda") == fast_precision("cuda") == "fp16"
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="needs a CUDA device"):

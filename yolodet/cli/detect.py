@@ -99,7 +99,7 @@ def build_detector(args: argparse.Namespace):
     cfg, weights = model_files(args.cfg, args.weights)
     detector = Detector.from_cfg(cfg, weights, img_size=img_size(args.img_size), preprocess=args.preprocess,
                                  device=args.device, precision=args.precision, allow_partial=args.allow_partial,
-                                 backend=args.backend)
+                                 backend=args.backend, calibration=args.calibrate)
     names = resolve_names(args.names, cfg, detector.model.num_classes)
     if names:
         detector.names = names

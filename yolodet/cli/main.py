@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "anchors": "yolodet.cli.anchors",
     "make-cfg": "yolodet.cli.make_cfg",
     "export": "yolodet.cli.export",
+    "quantize": "yolodet.cli.quantize",
 }
 """Subcommand name -> module (``HELP``, ``add_arguments``, ``run``)."""
 

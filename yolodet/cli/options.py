@@ -21,7 +21,7 @@ __all__ = [
     "threads_problem",
 ]
 
-PRECISIONS = ("fp32", "bf16", "fp16", "half")  # the values yolodet.inference.optimize.resolve_precision takes
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "half")  # the values yolodet.inference.optimize.resolve_precision takes
 
 
 class OptionError(YolodetError, ValueError):
@@ -85,13 +85,18 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_precision_options(p: argparse.ArgumentParser) -> None:
-    """``--precision fp32|bf16|fp16`` or ``--half`` (the device's fast mode) -> ``args.precision``."""
+    """``--precision fp32|bf16|fp16|int8`` or ``--half`` (the device's fast mode) -> ``args.precision``;
+    ``--calibrate DIR`` -> ``args.calibrate`` (int8's calibration images)."""
     prec = p.add_mutually_exclusive_group()
-    prec.add_argument("--precision", choices=PRECISIONS[:3], default="fp32",
-                      help="network precision: fp32 (default), bf16 (fast on CPUs with native bf16), fp16 (CUDA); "
-                           "decoding and NMS stay fp32")
+    prec.add_argument("--precision", choices=PRECISIONS[:4], default="fp32",
+                      help="network precision: fp32 (default), bf16 (fast on CPUs with native bf16), fp16 (CUDA), "
+                           "int8 (CPU; calibrated, see --calibrate); decoding and NMS stay fp32")
     prec.add_argument("--half", dest="precision", action="store_const", const="half",
-                      help="fast mode: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
+                      help="fast mode: fp16 on CUDA, bf16 on CPUs with native bf16, else int8 (the logged line "
+                           "says which)")
+    p.add_argument("--calibrate", metavar="DIR",
+                   help="int8: calibrate on this folder of images (default: the calibration stored in an int8 "
+                        "--weights file from 'yolodet quantize', else the bundled sample image, with a warning)")
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, weights = model_files(args.cfg, args.weights)
     detector = Detector.from_cfg(cfg, weights, img_size=img_size(args.img_size), preprocess=args.preprocess,
                                  device=device, precision=args.precision, allow_partial=args.allow_partial,
-                                 backend=args.backend)
+                                 backend=args.backend, calibration=args.calibrate)
     if len(source.names) == len(detector.names):
         detector.names = list(source.names)
     log.info("model %s + %s: %d classes, input %dx%d, %s, %s, %s", cfg or "(embedded cfg)", weights,

@@ -13,6 +13,7 @@ from yolodet.device import DEFAULT_DEVICE, resolve_device
 from yolodet.modeling.checkpoint import load_model
 from yolodet.inference.decode import YoloDecoder
 from yolodet.modeling.model import Darknet
+from yolodet.inference.calibrate import read_calibration
 from yolodet.inference.optimize import (
     InferenceModel,
     compute_dtype,
@@ -57,6 +58,10 @@ class Detector:
         backend: ``"torch"`` (default), or ``"onnxruntime"``: the network runs as an ONNX graph in ONNX Runtime
             (:class:`yolodet.inference.ort.OrtRunner`, fp32, rebuilt when the weights change); preprocessing,
             decoding and NMS are the same. Needs ``pip install yolodet[onnx]``.
+        calibration: for ``int8`` (also what ``"half"`` is on CPUs without native bf16): a
+            :class:`~yolodet.inference.calibrate.Calibration`, a folder of images or a list of RGB uint8 images to
+            calibrate on (preprocessed as this detector does), or None: the bundled sample image, with a warning
+            (:meth:`from_cfg` takes the calibration stored in an int8 file).
 
     ``model`` is put in eval mode and moved to ``device`` but otherwise left alone; the optimised copy is rebuilt
     whenever ``model``'s weights change (e.g. between evaluations in a training loop).
@@ -65,7 +70,7 @@ class Detector:
     def __init__(self, model: Darknet, *, names: Sequence[str] | None = None,
                  img_size: int | Sequence[int] | None = None, preprocess: str | None = None,
                  device: str | torch.device = DEFAULT_DEVICE, precision: str = "fp32", optimize: bool | str = "auto",
-                 backend: str = "torch") -> None:
+                 backend: str = "torch", calibration=None) -> None:
         if not model.heads:
             raise ValueError(f"{model.cfg_path}: the cfg has no detection head ([yolo], [Gaussian_yolo], [region] or "
                              "[detection]); it is not a detector")
@@ -83,7 +88,10 @@ class Detector:
         self.precision = resolve_precision(precision, self.device)
         if optimize not in (True, False, "auto"):
             raise ValueError(f"optimize must be True, False or 'auto', got {optimize!r}")
+        if self.precision == "int8" and not optimize:
+            raise ValueError("precision int8 runs an optimised copy; it needs optimize=True or 'auto'")
         self.optimize = optimize
+        self.calibration = calibration
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         if backend == "onnxruntime":
@@ -113,7 +121,9 @@ class Detector:
             return self.model
         key = weights_version(self.model)
         if self._runner is None or key != self._runner_key:
-            self._runner = optimize_for_inference(self.model, precision=self.precision, device=self.device)
+            self._runner = optimize_for_inference(self.model, precision=self.precision, device=self.device,
+                                                  calibration=self.calibration, img_size=self.img_size,
+                                                  preprocess=self.preprocess_mode)
             self._runner_key = key
         return self._runner
 
@@ -121,8 +131,11 @@ class Detector:
     def from_cfg(cls, cfg: str | os.PathLike | None, weights: str | os.PathLike | None = None, *,
                  allow_partial: bool = False, **kwargs) -> "Detector":
         """Build from a cfg and Darknet ``.weights`` or a yolodet checkpoint (see :func:`load_model`; a partial
-        ``.weights`` file is an error unless ``allow_partial``)."""
-        return cls(load_model(cfg, weights, allow_partial=allow_partial), **kwargs)
+        ``.weights`` file is an error unless ``allow_partial``); an int8 file also gives its calibration."""
+        model = load_model(cfg, weights, allow_partial=allow_partial)
+        if weights is not None and kwargs.get("calibration") is None:
+            kwargs["calibration"] = read_calibration(weights, len(model.layers))
+        return cls(model, **kwargs)
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Mapping]]:
         """RGB uint8 [H, W, 3] images -> network input [B, 3, h, w] on the device and their mappings."""
