@@ -68,7 +68,7 @@ def to_onnx(model: Darknet, path: str | os.PathLike, *, img_size: int | Sequence
         raise ExportError(f"opset must be between 9 and 20 (the TorchScript exporter's range), got {opset}")
     if end2end and opset < 11:
         raise ExportError(f"--end2end needs opset >= 11 (NonMaxSuppression with per-class scores), got {opset}")
-    w, h = input_size(model, img_size)
+    w, h = input_size(model, img_size, dynamic=dynamic)
     buf = io.BytesIO()
     settings: dict[str, str] = {"img_size": f"{w},{h}", "dynamic": str(int(dynamic)), "half": str(int(half)),
                                 "end2end": str(int(end2end)), "opset": str(opset),
