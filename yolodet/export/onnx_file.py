@@ -23,6 +23,7 @@ from yolodet.inference.onnx_graph import (
     ExportError,
     export_raw_onnx,
     input_size,
+    layer_name,
     output_names,
     prepare_for_export,
     require,
@@ -106,6 +107,11 @@ def _end2end_settings(model: Darknet, conf: float | None, nms: float | None, k: 
                       ) -> tuple[float, float, int]:
     if not model.heads:
         raise ExportError(f"{model.cfg_path}: --end2end needs [yolo] heads; this cfg is a classifier")
+    for head in model.heads:
+        kind = getattr(head, "kind", "yolo")
+        if kind != "yolo":
+            raise ExportError(f"{layer_name(model, head.layer)}: --end2end decodes [yolo] heads only, not "
+                              f"[{kind}]; export the raw head outputs (without --end2end) and decode them outside")
     conf = DEFAULT_CONF_THRES if conf is None else float(conf)
     nms = DEFAULT_NMS_THRES if nms is None else float(nms)
     k = DEFAULT_MAX_DET if k is None else int(k)

@@ -37,7 +37,7 @@ from yolodet.modeling.model import Darknet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_OPSET", "ExportError", "OnnxUnavailableError", "export_raw_onnx", "input_size",
+__all__ = ["DEFAULT_OPSET", "ExportError", "OnnxUnavailableError", "export_raw_onnx", "input_size", "layer_name",
            "network_stride", "output_names", "prepare_for_export", "require", "run_export", "size_fixing_layer"]
 
 DEFAULT_OPSET = 18
@@ -142,7 +142,7 @@ def input_size(model: Darknet, img_size: int | Sequence[int] | None, *, dynamic:
     fixed = size_fixing_layer(model)
     if fixed is not None:
         cfg_w, cfg_h = model.net.width, model.net.height
-        where = f"{_layer_name(model, fixed)}: fixes the network's input size at the cfg's {cfg_w}x{cfg_h} " \
+        where = f"{layer_name(model, fixed)}: fixes the network's input size at the cfg's {cfg_w}x{cfg_h} " \
                 f"({_fixed_because(model.layers[fixed])})"
         if dynamic:
             raise ExportError(f"{where}, so the graph cannot have a dynamic height and width; export without "
@@ -257,7 +257,7 @@ def _located_error(model: Darknet, example: torch.Tensor, opset: int, exc: Excep
                 x = layer(x, refs)
             except Exception as run_exc:  # noqa: BLE001  (the network does not run at this size: say where)
                 size = f"{example.shape[3]}x{example.shape[2]}"
-                return ExportError(f"{_layer_name(model, index)}: the network does not run at an input of {size} "
+                return ExportError(f"{layer_name(model, index)}: the network does not run at an input of {size} "
                                    f"(sizes it runs at are multiples of {network_stride(model)}): "
                                    f"{_first_line(run_exc)}")
             saved.append(x)
@@ -267,12 +267,12 @@ def _located_error(model: Darknet, example: torch.Tensor, opset: int, exc: Excep
                 warnings.simplefilter("ignore")
                 torch.onnx.export(_OneLayer(layer), (x, *refs), io.BytesIO(), dynamo=False, opset_version=opset)
         except Exception as layer_exc:  # noqa: BLE001
-            return ExportError(f"{_layer_name(model, index)}: this layer cannot be exported to ONNX (opset {opset}) "
+            return ExportError(f"{layer_name(model, index)}: this layer cannot be exported to ONNX (opset {opset}) "
                                f"by {type(layer).__name__}: {_first_line(layer_exc)}")
     return ExportError(f"{model.cfg_path}: ONNX export (opset {opset}) failed: {reason}")
 
 
-def _layer_name(model: Darknet, index: int) -> str:
+def layer_name(model: Darknet, index: int) -> str:
     """``file:line: [type #index]`` of layer ``index`` (the cfg's path alone when the text is not kept)."""
     blocks = _cfg_blocks(model)
     if index < len(blocks):
