@@ -324,12 +324,13 @@ def test_xnor_layers_are_bit_exact_through_onnx_runtime(tmp_path: Path) -> None:
     """Three xnor layers on a signed input give ORT's outputs bit for bit equal to torch's (with every graph
     optimisation on): the binary weights are constants, the integer conv is scaled by ``mean`` once."""
     model = randomize(Darknet.from_cfg_text(XNOR_CFG, "xnor.cfg")).eval()
-    path = to_onnx(model, tmp_path / "xnor.onnx", dynamic=True)
-    x = torch.randn(2, 16, 24, 40, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        [ref] = model(x)
-    [got] = _session(path).run(None, {"images": x.numpy()})
-    assert np.array_equal(got, ref.numpy()), f"{int((got != ref.numpy()).sum())} of {got.size} values differ"
+    for dynamic, batch in ((False, 1), (True, 2)):
+        path = to_onnx(model, tmp_path / "xnor.onnx", dynamic=dynamic)
+        x = torch.randn(batch, 16, 24, 40, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            [ref] = model(x)
+        [got] = _session(path).run(None, {"images": x.numpy()})
+        assert np.array_equal(got, ref.numpy()), f"dynamic={dynamic}: {int((got != ref.numpy()).sum())} values differ"
 
 
 def test_export_writes_metadata_and_replaces_atomically(tmp_path: Path) -> None:
