@@ -12,6 +12,7 @@ Skipped without onnx/onnxruntime (``pip install yolodet[onnx]``) or ``../shared`
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -19,11 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from conftest import COCO128, OFFICIAL_TINY, ROOT, SHARED, need_shared, randomize
 from yolodet.errors import YolodetError
 from yolodet.export import ExportError, to_onnx
-from yolodet.modeling.blocks.conv import ConnectedBlock
+from yolodet.inference.onnx_graph import network_stride, size_fixing_layer
+from yolodet.modeling.blocks.conv import ConvBlock, XnorConv
 from yolodet.modeling.blocks.structural import MaxPool
 from yolodet.modeling.model import Darknet
 
@@ -45,19 +48,9 @@ SLOW = {"cd53paspp-gamma.cfg", "csdarknet53-omega.cfg", "cspx-p7-mish-omega.cfg"
         "yolov4-p6.cfg", "yolov4.cfg", "yolov4_new.cfg", "yolov7.cfg", "yolov7x.cfg"}
 
 
-# Built by yolodet (the zoo work) but not yet exported with parity: the raw-head export takes a reduced non-square
-# size that YOLOv2's [reorg], the recurrent and contrastive cfgs and YOLOv1's [detection] head do not allow, and
-# the xnor cfg differs through ORT (cause not found yet). Listed in the README; strict=False so that each
-# one that gets fixed shows up as XPASS.
-NOT_YET_EXPORTED = {
-    "darknet53_448_xnor.cfg": "xnor: 3.9e-2 of the output's scale through ORT",
-    "t1.test.cfg": "[detection] head: the export's size choice reads a YOLOv3 head stride",
-    "yolo-voc.2.0.cfg": "[reorg] at a non-square size", "yolo-voc.cfg": "[reorg] at a non-square size",
-    "yolo.2.0.cfg": "[reorg] at a non-square size", "yolo.cfg": "[reorg] at a non-square size",
-    "yolov2-voc.cfg": "[reorg] at a non-square size", "yolov2.cfg": "[reorg] at a non-square size",
-    "yolov3-tiny_occlusion_track.cfg": "[crnn] at a non-square size",
-    "yolov4-tiny_contrastive.cfg": "[contrastive] at a non-square size",
-}
+NOT_YET_EXPORTED: dict[str, str] = {}
+"""cfg -> why yolodet builds it but does not export it with parity yet (xfail, strict=False: a fix shows as XPASS).
+Every cfg of the zoo that yolodet builds exports with parity now."""
 
 
 def _param(name: str):
@@ -74,13 +67,44 @@ def _session(path: Path):
 
 
 def _parity_size(model: Darknet) -> tuple[int, int]:
-    """Detectors: (w, h) = (s + stride, s) with s = max(128, 2 * stride), non-square so a swapped axis shows;
-    classifiers: the cfg's size (``[connected]`` layers fix it)."""
-    if not model.heads or any(isinstance(layer, ConnectedBlock) for layer in model.layers):
+    """Detectors: (w, h) = (s + stride, s) with s = max(128, 2 * stride) and the network's stride (not the heads':
+    yolov4-tiny_contrastive's one head is at 8, its backbone at 32), non-square so a swapped axis shows;
+    classifiers and networks with a layer that fixes the input size (``[connected]`` over a map): the cfg's size."""
+    if not model.heads or size_fixing_layer(model) is not None:
         return model.net.width, model.net.height
-    stride = max(h.stride for h in model.heads)
+    stride = network_stride(model)
     side = max(128, 2 * stride)
     return side + stride, side
+
+
+def _exact_before_binarisation(model: Darknet, x: torch.Tensor) -> torch.Tensor:
+    """Binarised cfgs (``xnor=1``): ``sign(v)`` jumps at 0, so a rounding difference in the float layers before the
+    first xnor layer (ONNX Runtime's conv sums in another order than torch's: 3e-7 of the scale) flips the sign of
+    the values within it of 0, and each flip moves the xnor outputs by ``2 * mean``: 4e-2 of the output's scale at
+    the end of darknet53_448_xnor for a single flip among 6.4 M values. The xnor layers themselves compute bit for
+    bit as torch does (an exact integer conv, then one rounding each for ``mean`` and the bias). This makes the
+    float layers before the first xnor layer exact in any summation order (input in steps of 1/256, conv weights of
+    1/64, BN with ``var + eps = 1``, a power-of-2 scale, shifts in steps of 1/64), checks that they are (float64
+    gives the same), and returns the input; other cfgs: ``x`` as is. (A float conv *between* xnor layers, as in
+    yolov3-tiny_xnor, cannot be made exact this way; none flips a sign at the sizes tested here.)"""
+    first = next((i for i, layer in enumerate(model.layers) if isinstance(layer, XnorConv)), None)
+    if first is None:
+        return x
+    convs = [layer for layer in model.layers[:first] if isinstance(layer, ConvBlock)]
+    assert len(convs) == 1 and convs[0] is model.layers[0] and convs[0].bn is not None, "a prefix not made exact"
+    conv, bn = convs[0].conv, convs[0].bn
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.round(conv.weight * 64) / 64)
+        bn.running_var.fill_(1 - 1e-5)  # + 1e-5 is 1.0 in float32 (and in float64 rounded to float32)
+        bn.weight.copy_(2.0 ** torch.randint(-1, 2, (bn.num_features,), generator=g))
+        bn.bias.copy_(torch.round(bn.bias * 64) / 64)
+        bn.running_mean.copy_(torch.round(bn.running_mean * 64) / 64)
+        x = torch.round(x * 256) / 256
+        scale, shift = bn.weight.double(), bn.bias.double() - bn.running_mean.double() * bn.weight.double()
+        exact = copy.deepcopy(conv).double()(x.double()) * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)
+        assert torch.equal(bn(conv(x)).double(), exact), "the first layer is not exact in float32"
+    return x
 
 
 def _rel_diff(got: np.ndarray, ref: np.ndarray) -> float:
@@ -99,9 +123,10 @@ def test_zoo_cfg_exports_with_parity(name: str, tmp_path: Path) -> None:
         pytest.skip(f"yolodet does not build {name}: {str(exc)[:160]}")
     model = randomize(model).eval()
     w, h = _parity_size(model)
+    x = torch.rand(1, model.net.channels, h, w, generator=torch.Generator().manual_seed(0))
+    x = _exact_before_binarisation(model, x)  # before the export: it sets weights
     path = to_onnx(model, tmp_path / "model.onnx", img_size=(w, h))
     onnx.checker.check_model(str(path))
-    x = torch.rand(1, model.net.channels, h, w, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = [o.numpy() for o in model(x)]
     got = _session(path).run(None, {"images": x.numpy()})
@@ -121,11 +146,198 @@ def test_dynamic_export_runs_at_other_sizes_and_batches(tmp_path: Path) -> None:
         assert all(_rel_diff(g, r) <= TOL for g, r in zip(got, ref))
 
 
+REORG_CFG = """[net]
+width=128
+height=96
+channels=3
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+batch_normalize=1
+activation=leaky
+[convolutional]
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+[reorg]
+stride=2
+[route]
+layers=-2
+[convolutional]
+filters=32
+size=3
+stride=2
+pad=1
+activation=leaky
+[reorg3d]
+stride=2
+reverse=1
+[reorg3d]
+stride=2
+[route]
+layers=-1,-5
+[convolutional]
+filters=14
+size=1
+activation=linear
+[region]
+anchors=1,1,2,2
+classes=2
+num=2
+"""
+"""YOLOv2's [reorg] (Darknet's old one, on its input's dims) beside [reorg3d] both ways, in a few small layers."""
+
+
+def _zoo_or_text(source: str) -> Darknet:
+    if source == "reorg":
+        return Darknet.from_cfg_text(REORG_CFG, "reorg.cfg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Darknet.from_cfg(need_shared(ZOO / source))
+
+
+@pytest.mark.parametrize("source", ["reorg", "yolov3-tiny_occlusion_track.cfg", "yolov4-tiny_contrastive.cfg"])
+def test_dynamic_export_of_reorg_crnn_contrastive_at_other_sizes(source: str, tmp_path: Path) -> None:
+    """One graph with dynamic axes runs at the cfg's size and at a non-square one, batch 1 and 2 (``[crnn]``: one
+    step from a zero state, as the model after ``reset_state``)."""
+    model = randomize(_zoo_or_text(source)).eval()
+    session = _session(to_onnx(model, tmp_path / "dyn.onnx", dynamic=True))
+    stride = network_stride(model)
+    for batch, (w, h) in ((1, (model.net.width, model.net.height)), (2, (5 * stride, 3 * stride))):
+        x = torch.rand(batch, model.net.channels, h, w, generator=torch.Generator().manual_seed(batch))
+        model.reset_state()
+        with torch.no_grad():
+            ref = [o.numpy() for o in model(x)]
+        got = session.run(None, {"images": x.numpy()})
+        assert [g.shape for g in got] == [r.shape for r in ref]
+        for k, (g, r) in enumerate(zip(got, ref)):
+            assert _rel_diff(g, r) <= TOL, f"{source} at {w}x{h}, output {k}: {_rel_diff(g, r):.2e}"
+
+
+@pytest.mark.parametrize("name", ["yolov3-tiny_occlusion_track.cfg", "yolov4-tiny_contrastive.cfg"])
+def test_end2end_export_of_crnn_and_contrastive_cfgs(name: str, tmp_path: Path) -> None:
+    """The end-to-end graph through ORT gives the detections of the same module run by torch, at a non-square
+    size the graph was not traced at, batch 2."""
+    from yolodet.export.end2end import End2End
+    from yolodet.inference.decode import YoloDecoder
+    from yolodet.inference.onnx_graph import prepare_for_export
+    model = randomize(_zoo_or_text(name)).eval()
+    stride = network_stride(model)
+    x = torch.rand(2, 3, 4 * stride, 6 * stride, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # random weights: a threshold in the widest gap between the 150th and 250th scores
+        rows = YoloDecoder(model.heads)(model(x), (6 * stride, 4 * stride))
+    ranked = (rows[..., 4:5] * rows[..., 5:]).flatten().sort(descending=True).values[150:251].double()
+    gap = int((ranked[:-1] - ranked[1:]).argmax())
+    conf = float((ranked[gap] + ranked[gap + 1]) / 2)
+    path = to_onnx(model, tmp_path / "e2e.onnx", dynamic=True, end2end=True, conf_thres=conf, max_det=300)
+    module = End2End(prepare_for_export(model), conf_thres=conf, nms_thres=0.45, max_det=300).eval()
+    with torch.no_grad():
+        boxes, scores, labels, num = (t.numpy() for t in module(x))
+    got = _session(path).run(None, {"images": x.numpy()})
+    assert (got[3] == num).all() and 10 < num.min() and num.max() < 300, (got[3], num)
+    np.testing.assert_array_equal(got[2], labels)
+    np.testing.assert_allclose(got[1], scores, atol=1e-5)
+    np.testing.assert_allclose(got[0], boxes, atol=1e-3)
+
+
+@pytest.mark.parametrize("name, kind", [("yolov2.cfg", "region"), ("t1.test.cfg", "detection")])
+def test_end2end_refuses_region_and_detection_heads(name: str, kind: str, tmp_path: Path) -> None:
+    cfg = need_shared(ZOO / name)
+    model = Darknet.from_cfg(cfg)
+    index, line = _section(cfg, kind)
+    with pytest.raises(ExportError) as info:
+        to_onnx(model, tmp_path / "e2e.onnx", end2end=True)
+    message = str(info.value)
+    assert message.startswith(f"{cfg}:{line}: [{kind} #{index}]: --end2end decodes [yolo] heads only"), message
+    assert not (tmp_path / "e2e.onnx").exists()
+
+
+def _section(cfg: Path, kind: str) -> tuple[int, int]:
+    """(layer index, cfg line) of the first ``[kind]`` section of ``cfg``."""
+    headers = [(n, text.strip()) for n, text in enumerate(cfg.read_text().splitlines(), 1)
+               if text.strip().startswith("[")][1:]  # after [net]
+    return next((i, n) for i, (n, text) in enumerate(headers) if text == f"[{kind}]")
+
+
+def test_layer_that_fixes_the_input_size_refuses_dynamic_axes_and_other_sizes(tmp_path: Path) -> None:
+    """YOLOv1's [connected] layers have weights for every position of their input map: no dynamic H, W, no other
+    size, each said with the layer's cfg file:line."""
+    cfg = need_shared(ZOO / "t1.test.cfg")
+    model = Darknet.from_cfg(cfg)
+    index, line = _section(cfg, "connected")
+    with pytest.raises(ExportError) as info:
+        to_onnx(model, tmp_path / "t1.onnx", dynamic=True)
+    message = str(info.value)
+    assert message.startswith(f"{cfg}:{line}: [connected #{index}]: fixes the network's input size at the cfg's "
+                              f"{model.net.width}x{model.net.height}") and "dynamic height and width" in message
+    with pytest.raises(ExportError, match=f"connected #{index}.*got an image size of 448x448"):
+        to_onnx(model, tmp_path / "t1.onnx", img_size=448)
+    assert not (tmp_path / "t1.onnx").exists()
+
+
+def test_size_check_reads_the_network_stride_not_the_heads(tmp_path: Path) -> None:
+    """yolov4-tiny_contrastive's only [yolo] head is at stride 8, its backbone reaches 32: 136 x 128 is refused
+    before tracing, 160 x 128 exports."""
+    model = _zoo_or_text("yolov4-tiny_contrastive.cfg")
+    assert [h.stride for h in model.heads] == [8] and network_stride(model) == 32
+    with pytest.raises(ExportError, match=r"136x128 must be a positive multiple of the network's stride \(32"):
+        to_onnx(model, tmp_path / "c.onnx", img_size=(136, 128))
+    to_onnx(model, tmp_path / "c.onnx", img_size=(160, 128))
+
+
+XNOR_CFG = """[net]
+width=40
+height=24
+channels=16
+[convolutional]
+xnor=1
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+[convolutional]
+xnor=1
+batch_normalize=1
+filters=64
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+xnor=1
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=1
+activation=linear
+"""
+
+
+def test_xnor_layers_are_bit_exact_through_onnx_runtime(tmp_path: Path) -> None:
+    """Three xnor layers on a signed input give ORT's outputs bit for bit equal to torch's (with every graph
+    optimisation on): the binary weights are constants, the integer conv is scaled by ``mean`` once."""
+    model = randomize(Darknet.from_cfg_text(XNOR_CFG, "xnor.cfg")).eval()
+    for dynamic, batch in ((False, 1), (True, 2)):
+        path = to_onnx(model, tmp_path / "xnor.onnx", dynamic=dynamic)
+        x = torch.randn(batch, 16, 24, 40, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            [ref] = model(x)
+        [got] = _session(path).run(None, {"images": x.numpy()})
+        assert np.array_equal(got, ref.numpy()), f"dynamic={dynamic}: {int((got != ref.numpy()).sum())} values differ"
+
+
 def test_export_writes_metadata_and_replaces_atomically(tmp_path: Path) -> None:
     model = randomize(Darknet.from_cfg(ROOT / "cfg" / "yolo-v3-tiny.cfg"))
     target = tmp_path / "m.onnx"
     target.write_bytes(b"old")
-    with pytest.raises(ExportError, match="multiple of the largest head stride"):
+    with pytest.raises(ExportError, match="multiple of the network's stride"):
         to_onnx(model, target, img_size=100)
     assert target.read_bytes() == b"old"  # a failed export leaves the old file alone
     to_onnx(model, target, end2end=True, conf_thres=0.3, max_det=50)
@@ -266,6 +478,6 @@ def test_end2end_refuses_heads_it_does_not_decode(tmp_path: Path) -> None:
     text = ("[net]\nwidth=64\nheight=64\nchannels=3\n[convolutional]\nfilters=14\nsize=1\nactivation=linear\n"
             "[region]\nanchors=1,1,2,2\nclasses=2\nnum=2\nsoftmax=1\n")
     model = Darknet.from_cfg_text(text)
-    with pytest.raises(ExportError, match=r"--end2end decodes \[yolo\] heads only, this cfg has \[region\]"):
+    with pytest.raises(ExportError, match=r"--end2end decodes \[yolo\] heads only, not \[region\]"):
         to_onnx(model, tmp_path / "e2e.onnx", end2end=True)
     assert not (tmp_path / "e2e.onnx").exists()

@@ -23,6 +23,7 @@ from yolodet.inference.onnx_graph import (
     ExportError,
     export_raw_onnx,
     input_size,
+    layer_name,
     output_names,
     prepare_for_export,
     require,
@@ -68,7 +69,7 @@ def to_onnx(model: Darknet, path: str | os.PathLike, *, img_size: int | Sequence
         raise ExportError(f"opset must be between 9 and 20 (the TorchScript exporter's range), got {opset}")
     if end2end and opset < 11:
         raise ExportError(f"--end2end needs opset >= 11 (NonMaxSuppression with per-class scores), got {opset}")
-    w, h = input_size(model, img_size)
+    w, h = input_size(model, img_size, dynamic=dynamic)
     buf = io.BytesIO()
     settings: dict[str, str] = {"img_size": f"{w},{h}", "dynamic": str(int(dynamic)), "half": str(int(half)),
                                 "end2end": str(int(end2end)), "opset": str(opset),
@@ -106,10 +107,11 @@ def _end2end_settings(model: Darknet, conf: float | None, nms: float | None, k: 
                       ) -> tuple[float, float, int]:
     if not model.heads:
         raise ExportError(f"{model.cfg_path}: --end2end needs [yolo] heads; this cfg is a classifier")
-    other = sorted({f"[{h.kind}]" for h in model.heads} - {"[yolo]"})
-    if other:
-        raise ExportError(f"{model.cfg_path}: --end2end decodes [yolo] heads only, this cfg has {', '.join(other)} "
-                          "(export the raw heads without --end2end; Detector and `yolodet detect` decode them)")
+    for head in model.heads:
+        kind = getattr(head, "kind", "yolo")
+        if kind != "yolo":
+            raise ExportError(f"{layer_name(model, head.layer)}: --end2end decodes [yolo] heads only, not "
+                              f"[{kind}]; export the raw head outputs (without --end2end); Detector and `yolodet detect` decode them")
     conf = DEFAULT_CONF_THRES if conf is None else float(conf)
     nms = DEFAULT_NMS_THRES if nms is None else float(nms)
     k = DEFAULT_MAX_DET if k is None else int(k)

@@ -179,14 +179,30 @@ class XnorConv(Block):
         k = bn.weight / torch.sqrt(bn.running_var + BN_EPS)
         return conv.weight * k[:, None, None, None], bn.bias - bn.running_mean * k
 
-    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+    def binary_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Darknet's ``calculate_binary_weights`` on the BN-folded layer: ``sign(W)`` [F, C, k, k] (+1/-1),
+        ``mean|W_f|`` [1, F, 1, 1] and the folded bias [1, F, 1, 1]."""
         w, b = self._fused()
         mean = w.abs().mean((1, 2, 3))
-        sw = torch.where(w > 0, 1.0, -1.0).to(x.dtype)
+        return torch.where(w > 0, 1.0, -1.0).to(w.dtype), mean.view(1, -1, 1, 1), b.view(1, -1, 1, 1)
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        return self.binary_forward(x, *self.binary_weights())
+
+    def binary_forward(self, x: torch.Tensor, sign_w: torch.Tensor, mean: torch.Tensor,
+                       bias: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] -> ``mean * conv(sign(W), sign(x)) + bias`` (then the activation) [B, F, H', W'].
+
+        The conv of +1/-1 values is an exact integer (``2 * count - K`` of Darknet's bit-packed GEMM), scaled by
+        ``mean`` (one rounding) then offset, as Darknet does. The scaling is done on the [B, F, H'*W'] view so that
+        an ONNX runtime does not fold ``mean`` and the bias into the conv weights (ONNX Runtime's Conv+Mul+Add
+        fusion), which would sum +-mean terms, each sum rounded, instead: the next xnor layer's input signs would
+        then differ from Darknet's wherever a value is within those roundings of 0."""
         sx = torch.where(x > 0, 1.0, -1.0).to(x.dtype)
         p = self.inner.conv.padding[0]
-        out = F.conv2d(F.pad(sx, (p, p, p, p), value=-1.0), sw, stride=self.inner.conv.stride)
-        out = out * mean.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+        count = F.conv2d(F.pad(sx, (p, p, p, p), value=-1.0), sign_w.to(x.dtype), stride=self.inner.conv.stride)
+        flat = count.flatten(2) * mean.to(x.dtype).flatten(1)[..., None] + bias.to(x.dtype).flatten(1)[..., None]
+        out = flat.reshape(count.shape)
         return out if self.linear else self.inner.act(out)
 
     def darknet_tensors(self) -> list[torch.Tensor]:

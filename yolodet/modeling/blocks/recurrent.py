@@ -3,8 +3,9 @@
 
 State: as in Darknet, each layer keeps its hidden state (and the LSTM its cell) from one forward to the next
 (``network_predict`` on a sequence, one input at a time); it starts at zero, is reset to zero when the batch size
-changes, and :meth:`RecurrentBlock.reset_state` (or :meth:`yolodet.modeling.model.Darknet.reset_state`) resets it
-explicitly, e.g. between independent sequences. Darknet resets it only when training starts a batch.
+(or, for ``[crnn]``, the input's H, W) changes, and :meth:`RecurrentBlock.reset_state` (or
+:meth:`yolodet.modeling.model.Darknet.reset_state`) resets it explicitly, e.g. between independent sequences.
+Darknet resets it only when training starts a batch.
 Training these layers is not supported (no backpropagation through time): the state is kept detached.
 
 Weights file order (Darknet's ``load_weights``): ``[rnn]``/``[crnn]``: input, self, output layer; ``[gru]``:
@@ -135,15 +136,18 @@ class Lstm(RecurrentBlock):
 
 
 class Crnn(RecurrentBlock):
-    """``[crnn]``: :class:`Rnn` with ``[convolutional]`` gates (same size, stride 1 keeps H, W)."""
+    """``[crnn]``: :class:`Rnn` with ``[convolutional]`` gates (same size, stride 1 keeps H, W).
 
-    def __init__(self, gates: list[ConvBlock], hidden_shape: Shape, shortcut: bool, out_shape: Shape) -> None:
+    The state is ``[B, hidden, H, W]`` at the input's H, W (any size: a new size starts from zeros, as a new batch
+    size does)."""
+
+    def __init__(self, gates: list[ConvBlock], hidden: int, shortcut: bool, out_shape: Shape) -> None:
         super().__init__()
         self.gates = nn.ModuleList(gates)
-        self.hidden_shape, self.shortcut, self.out_shape = hidden_shape, shortcut, out_shape
+        self.hidden, self.shortcut, self.out_shape = hidden, shortcut, out_shape
 
     def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
-        s = self._get("state", x, self.hidden_shape)
+        s = self._get("state", x, (self.hidden, x.shape[2], x.shape[3]))
         inp, slf, out = self.gates
         new = inp(x, []) + slf(s, []) + (s if self.shortcut else 0)
         self._keep(state=new)
@@ -208,5 +212,5 @@ def build_crnn(block: CfgBlock, ctx: BuildContext) -> Crnn:
         conv = nn.Conv2d(cin, cout, size, 1, padding, bias=not bn)
         return ConvBlock(conv, norm, make_activation(block, "logistic"), (cout, h, w))
 
-    return Crnn([gate(c, hidden), gate(hidden, hidden), gate(hidden, outputs)], (hidden, h, w),
+    return Crnn([gate(c, hidden), gate(hidden, hidden), gate(hidden, outputs)], hidden,
                 bool(block.get_int("shortcut", 0)), (outputs, h, w))

@@ -38,14 +38,31 @@ def reorg(x: torch.Tensor, dims: Shape, stride: int, forward: bool) -> torch.Ten
 
 
 class Reorg(Block):
-    """``[reorg]`` / ``[reorg3d]``: Darknet's space-to-depth reshuffles (see :func:`reorg`)."""
+    """``[reorg]`` / ``[reorg3d]``: Darknet's space-to-depth reshuffles (see :func:`reorg`).
 
-    def __init__(self, dims: Shape, stride: int, forward: bool, out_shape: Shape) -> None:
+    The dims come from the input at each forward (not the cfg's size), so the layer runs, and traces to ONNX, at
+    any input size its stride divides: ``[reorg]`` runs :func:`reorg` on its input's dims, ``[reorg3d]`` on its
+    output's (:func:`reorg_out_shape`).
+    """
+
+    def __init__(self, stride: int, reverse: bool, on_output: bool, out_shape: Shape) -> None:
         super().__init__()
-        self.dims, self.stride, self.forward_flag, self.out_shape = dims, stride, forward, out_shape
+        self.stride, self.reverse, self.on_output, self.out_shape = stride, reverse, on_output, out_shape
 
     def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
-        return reorg(x, self.dims, self.stride, self.forward_flag).reshape(x.shape[0], *self.out_shape)
+        in_dims = (x.shape[1], x.shape[2], x.shape[3])
+        out = reorg_out_shape(in_dims, self.stride, self.reverse)
+        dims = out if self.on_output else in_dims
+        return reorg(x, dims, self.stride, self.reverse).reshape(x.shape[0], *out)
+
+
+def reorg_out_shape(dims: Shape, stride: int, reverse: bool) -> Shape:
+    """(C, H, W) of a reorg's output for input ``dims``: ``(C*s^2, H/s, W/s)``, or ``(C/s^2, H*s, W*s)`` when
+    ``reverse``."""
+    c, h, w = dims
+    if reverse:
+        return c // (stride * stride), h * stride, w * stride
+    return c * stride * stride, h // stride, w // stride
 
 
 def _reorg_shapes(block: CfgBlock, ctx: BuildContext) -> tuple[int, bool, Shape]:
@@ -58,10 +75,9 @@ def _reorg_shapes(block: CfgBlock, ctx: BuildContext) -> tuple[int, bool, Shape]
         if c % (stride * stride):
             raise block.error(f"reverse reorg needs channels ({c}) divisible by stride^2 = {stride * stride}",
                               "stride")
-        return stride, reverse, (c // (stride * stride), h * stride, w * stride)
-    if h % stride or w % stride:
+    elif h % stride or w % stride:
         raise block.error(f"input {h}x{w} is not divisible by stride={stride}", "stride")
-    return stride, reverse, (c * stride * stride, h // stride, w // stride)
+    return stride, reverse, reorg_out_shape((c, h, w), stride, reverse)
 
 
 @BLOCKS.register("reorg", keys=("stride", "reverse"))
@@ -72,7 +88,7 @@ def build_reorg(block: CfgBlock, ctx: BuildContext) -> Reorg:
     if c % (stride * stride):
         raise block.error(f"[reorg] needs input channels ({c}) divisible by stride^2 = {stride * stride} (Darknet "
                           "would read past its input)", "stride")
-    return Reorg(ctx.in_shape, stride, reverse, out)
+    return Reorg(stride, reverse, False, out)
 
 
 @BLOCKS.register("reorg3d", keys=("stride", "reverse"))
@@ -81,7 +97,7 @@ def build_reorg3d(block: CfgBlock, ctx: BuildContext) -> Reorg:
     stride, reverse, out = _reorg_shapes(block, ctx)
     if reverse and out[0] % (stride * stride):
         raise block.error(f"reverse [reorg3d] needs output channels ({out[0]}) divisible by stride^2", "stride")
-    return Reorg(out, stride, reverse, out)
+    return Reorg(stride, reverse, True, out)
 
 
 @dataclass(frozen=True)
