@@ -121,16 +121,28 @@ def yolo_head_loss(spec: HeadSpec, out: torch.Tensor, targets: torch.Tensor,
 
     # Classes at every assigned cell, multi-hot when truths share a cell.
     cell = ((bi * a_count + a_idx) * h + gj) * w + gi
-    cells, inverse = torch.unique(cell, return_inverse=True)
-    cls_target = torch.zeros(len(cells), c, device=out.device)
-    cls_target[inverse, cls[t_idx]] = 1.0
-    if spec.label_smooth_eps:
-        cls_target = cls_target * (1 - spec.label_smooth_eps) + 0.5 * spec.label_smooth_eps
+    cells, inverse, cls_target = cell_class_targets(cell, cls[t_idx], c, spec.label_smooth_eps)
     first = torch.zeros(len(cells), dtype=torch.long, device=out.device)
     first.scatter_(0, inverse, torch.arange(len(cell), device=out.device))  # one assigned pair per cell
     cls_logits = pos[first, 5:]
     cls_loss = spec.cls_normalizer * _logistic_loss(cls_logits, cls_target, spec.new_coords).sum()
     return {"box": box, "obj": obj, "cls": cls_loss}
+
+
+def cell_class_targets(cell: torch.Tensor, labels: torch.Tensor, classes: int, label_smooth_eps: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Darknet's class targets per assigned cell, multi-hot where truths share a cell.
+
+    ``cell`` [P] flat cell index of each assigned (truth, anchor) pair, ``labels`` [P] its class ->
+    (``cells`` [U] the distinct cells, ``inverse`` [P] each pair's row in them, ``target`` [U, classes], smoothed
+    as Darknet's ``label_smooth_eps``: ``t * (1 - eps) + 0.5 * eps``).
+    """
+    cells, inverse = torch.unique(cell, return_inverse=True)
+    target = torch.zeros(len(cells), classes, device=cell.device)
+    target[inverse, labels] = 1.0
+    if label_smooth_eps:
+        target = target * (1 - label_smooth_eps) + 0.5 * label_smooth_eps
+    return cells, inverse, target
 
 
 def assign_anchors(spec: HeadSpec, truth_wh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

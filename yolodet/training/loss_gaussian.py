@@ -37,7 +37,7 @@ from torchvision.ops import box_convert, box_iou
 
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.blocks.yolo import HeadSpec
-from yolodet.training.loss import assign_anchors
+from yolodet.training.loss import assign_anchors, cell_class_targets
 
 SIGMA_CONST = 0.3  # Darknet's sigma_const in the Gaussian's normaliser
 EPSILON = 1e-9
@@ -110,11 +110,7 @@ def gaussian_head_loss(spec: GaussianTrainSpec, out: torch.Tensor, targets: torc
                                                                              reduction="none")).sum()
 
     cell = ((bi * a_count + a_idx) * h + gj) * w + gi
-    cells, inverse = torch.unique(cell, return_inverse=True)
-    cls_target = torch.zeros(len(cells), c, device=out.device)
-    cls_target[inverse, cls[t_idx]] = 1.0
-    if head.label_smooth_eps:
-        cls_target = cls_target * (1 - head.label_smooth_eps) + 0.5 * head.label_smooth_eps
+    cells, inverse, cls_target = cell_class_targets(cell, cls[t_idx], c, head.label_smooth_eps)
     logits = p.reshape(-1, 9 + c)[cells, 9:]
     cls_loss = F.binary_cross_entropy_with_logits(logits, cls_target, reduction="sum")
 
