@@ -218,8 +218,18 @@ def test_dynamic_export_of_reorg_crnn_contrastive_at_other_sizes(source: str, tm
             assert _rel_diff(g, r) <= TOL, f"{source} at {w}x{h}, output {k}: {_rel_diff(g, r):.2e}"
 
 
-@pytest.mark.parametrize("name", ["yolov3-tiny_occlusion_track.cfg", pytest.param(
-    "yolov4-tiny_contrastive.cfg", marks=pytest.mark.xfail(reason="8 of 2400 box values differ from Detector's since Detector computes the DIoU-NMS term in original-image pixels (detector valid); the graph does not yet", strict=False))])
+def _tie_order_free(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, num: np.ndarray):
+    """The first ``num[i]`` detections of each image, ordered by (rounded box, label) instead of by score, so that
+    two detections with equal scores (ONNX's NMS and torch order ties differently) compare alike."""
+    out = []
+    for i, n in enumerate(num):
+        b, s, l = boxes[i, :n], scores[i, :n], labels[i, :n]
+        order = np.lexsort((l, *np.round(b, 1).T[::-1]))
+        out.append((b[order], s[order], l[order]))
+    return out
+
+
+@pytest.mark.parametrize("name", ["yolov3-tiny_occlusion_track.cfg", "yolov4-tiny_contrastive.cfg"])
 def test_end2end_export_of_crnn_and_contrastive_cfgs(name: str, tmp_path: Path) -> None:
     """The end-to-end graph through ORT gives the detections of the same module run by torch, at a non-square
     size the graph was not traced at, batch 2."""
@@ -240,9 +250,11 @@ def test_end2end_export_of_crnn_and_contrastive_cfgs(name: str, tmp_path: Path) 
         boxes, scores, labels, num = (t.numpy() for t in module(x))
     got = _session(path).run(None, {"images": x.numpy()})
     assert (got[3] == num).all() and 10 < num.min() and num.max() < 300, (got[3], num)
-    np.testing.assert_array_equal(got[2], labels)
-    np.testing.assert_allclose(got[1], scores, atol=1e-5)
-    np.testing.assert_allclose(got[0], boxes, atol=1e-3)
+    np.testing.assert_allclose(got[1], scores, atol=1e-5)  # scores are sorted: equal whatever the tie order
+    for (gb, gs, gl), (b, s, l) in zip(_tie_order_free(*got), _tie_order_free(boxes, scores, labels, num)):
+        np.testing.assert_array_equal(gl, l)
+        np.testing.assert_allclose(gs, s, atol=1e-5)
+        np.testing.assert_allclose(gb, b, atol=1e-3)
 
 
 @pytest.mark.parametrize("name, kind", [("yolov2.cfg", "region"), ("t1.test.cfg", "detection")])
