@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "make-cfg": "yolodet.cli.make_cfg",
     "export": "yolodet.cli.export",
     "quantize": "yolodet.cli.quantize",
+    "partial": "yolodet.cli.partial",
 }
 """Subcommand name -> module (``HELP``, ``add_arguments``, ``run``)."""
 
