@@ -61,6 +61,26 @@ def test_finetune_cfg_of_reference_cfgs(cfg: Path) -> None:
     assert (net.get_int("batch"), net.get_int("max_batches"), net.get_str("steps")) == (64, 6000, "4800,5400")
 
 
+@pytest.mark.parametrize("name, filters", [("yolov2-tiny.cfg", 30), ("yolov2-voc.cfg", 30),
+                                           ("Gaussian_yolov3_BDD.cfg", 30)])
+def test_finetune_cfg_of_region_and_gaussian_heads(oracle, tmp_path: Path, name: str, filters: int) -> None:
+    """``[region]``: num * (coords + 1 + N) filters; ``[Gaussian_yolo]``: (N + 9) per anchor. Darknet C, which
+    refuses a head whose conv has other filters, runs the edited cfg, and yolodet builds it."""
+    cfg = tmp_path / name
+    text = need_shared(SHARED / "data" / "darknet-zoo" / name).read_text()
+    cfg.write_text(finetune_cfg(text, 1, batch=1, width=128, height=128))
+    model = Darknet.from_cfg(cfg)
+    assert model.num_classes == 1
+    heads = oracle.run(cfg, None, np.random.default_rng(0).random((1, 3, 128, 128), np.float32))
+    assert [h.shape[1] for h in heads] == [filters] * len(model.heads)
+
+
+def test_region_anchors_are_not_set_in_pixels() -> None:
+    text = need_shared(SHARED / "data" / "darknet-zoo" / "yolov2-tiny.cfg").read_text()
+    with pytest.raises(CfgError, match="grid cells"):
+        set_classes(text, 1, anchors=[[10, 14]] * 5)
+
+
 def test_format_anchors_rounds_like_darknet() -> None:
     assert format_anchors([[10.4, 13.6], [0.2, 300.5]]) == "10,14, 1,300"
 

@@ -4,7 +4,9 @@ the ``[net]`` training keys, editing the text line by line so comments and layou
 AlexeyAB's recipe for custom objects (README "How to train to detect your custom objects"): ``batch=64``,
 ``max_batches = max(2000 * classes, 6000)`` (at least the number of training images), ``steps`` at 80% and 90%
 of ``max_batches``, ``classes=N`` in every ``[yolo]`` and ``filters = (N + 5) * len(mask)`` in the
-``[convolutional]`` just before each ``[yolo]``.
+``[convolutional]`` just before each ``[yolo]``. The other trainable heads follow their own layouts:
+``[Gaussian_yolo]`` ``filters = (N + 9) * len(mask)`` (four sigmas more), YOLOv2's ``[region]``
+``filters = num * (coords + 1 + N)``.
 """
 
 from __future__ import annotations
@@ -44,18 +46,33 @@ class _Editor:
         return "\n".join(self.lines) + "\n"
 
 
+HEAD_TYPES = ("yolo", "gaussian_yolo", "region")
+"""The head sections whose class count :func:`set_classes` edits (with the ``[convolutional]`` before each)."""
+
+
 def _heads(blocks: list[CfgBlock]) -> list[tuple[CfgBlock, CfgBlock]]:
-    """(``[yolo]`` block, the ``[convolutional]`` right before it) pairs."""
+    """(head block, the ``[convolutional]`` right before it) pairs, for every head in :data:`HEAD_TYPES`."""
     pairs = []
     for i, block in enumerate(blocks):
-        if block.type == "yolo":
+        if block.type in HEAD_TYPES:
             conv = blocks[i - 1]
             if conv.type != "convolutional":
-                raise block.error(f"the section before [yolo] is [{conv.type}], not the head [convolutional]")
+                raise block.error(f"the section before [{block.type}] is [{conv.type}], not the head "
+                                  "[convolutional]")
             pairs.append((block, conv))
     if not pairs:
-        raise CfgError("the cfg has no [yolo] sections", path=blocks[0].path if blocks else "<cfg>")
+        raise CfgError("the cfg has no [yolo], [Gaussian_yolo] or [region] sections",
+                       path=blocks[0].path if blocks else "<cfg>")
     return pairs
+
+
+def _head_filters(head: CfgBlock, classes: int) -> int:
+    """Output channels of the conv feeding ``head`` for ``classes`` classes (Darknet's layout of each head)."""
+    num = len(head.get_floats("anchors")) // 2
+    if head.type == "region":
+        return head.get_int("num", num) * (head.get_int("coords", 4) + 1 + classes)
+    per_anchor = classes + (9 if head.type == "gaussian_yolo" else 5)
+    return len(head.get_ints("mask", list(range(num)))) * per_anchor
 
 
 def set_classes(text: str, classes: int, *, anchors: Sequence[Sequence[float]] | None = None,
@@ -63,21 +80,23 @@ def set_classes(text: str, classes: int, *, anchors: Sequence[Sequence[float]] |
     """The cfg ``text`` with ``classes`` classes (and optionally new ``anchors``, as many as ``num``).
 
     Raises:
-        CfgError: no ``[yolo]`` sections, a ``[yolo]`` not preceded by its conv, or the wrong anchor count.
+        CfgError: no head sections, a head not preceded by its conv, the wrong anchor count, or pixel anchors
+            for a ``[region]`` head.
     """
     if classes < 1:
         raise SettingError(f"classes must be >= 1, got {classes}")
     blocks = parse_cfg_text(text, path)
     editor = _Editor(text)
-    for yolo, conv in _heads(blocks):
-        num = len(yolo.get_floats("anchors")) // 2
-        mask = yolo.get_ints("mask", list(range(num)))
-        editor.set(yolo, "classes", str(classes))
-        editor.set(conv, "filters", str(len(mask) * (classes + 5)))
+    for head, conv in _heads(blocks):
+        editor.set(head, "classes", str(classes))
+        editor.set(conv, "filters", str(_head_filters(head, classes)))
         if anchors is not None:
+            if head.type == "region":
+                raise head.error("[region] anchors are in grid cells, not pixels: edit them by hand", "anchors")
+            num = len(head.get_floats("anchors")) // 2
             if len(anchors) != num:
-                raise yolo.error(f"{len(anchors)} anchors given but the masks index {num} anchors", "anchors")
-            editor.set(yolo, "anchors", format_anchors(anchors))
+                raise head.error(f"{len(anchors)} anchors given but the masks index {num} anchors", "anchors")
+            editor.set(head, "anchors", format_anchors(anchors))
     return editor.text()
 
 
