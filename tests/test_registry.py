@@ -161,7 +161,34 @@ hidden=2
 output=2
 pad=1
 """,
+    "conv_lstm": """[net]
+width=3
+height=3
+channels=2
+[conv_lstm]
+output=2
+pad=1
+peephole=1
+[history]
+history_size=2
+""",
 })
+
+SNIPPETS["lrn-antialiasing"] = """[net]
+width=8
+height=8
+channels=3
+[lrn]
+[convolutional]
+filters=4
+size=3
+stride=2
+pad=1
+antialiasing=1
+[maxpool]
+maxpool_depth=1
+out_channels=2
+"""
 
 
 def _suite_cfgs() -> dict[str, str]:

@@ -5,7 +5,8 @@ Three kinds of key, as :func:`classify_key` tells them apart:
 * implemented: the block's builder reads it (the registry's ``keys``);
 * training-only: Darknet reads it but it changes only training, weight updates or GPU scheduling, so it has **no
   effect on inference** in Darknet either; yolodet accepts it and ignores it (:data:`TRAINING_ONLY`,
-  :data:`COMMON_TRAINING_ONLY`);
+  :data:`COMMON_TRAINING_ONLY`); the few that only Darknet's GPU forward obeys (:data:`GPU_ONLY`) are ignored as its
+  CPU forward ignores them, with a warning;
 * everything else Darknet reads changes what Darknet computes; a key of that kind that yolodet does not implement is
   an error saying so (never silently ignored), and a key no Darknet parser reads is an error with a did-you-mean.
 
@@ -18,8 +19,8 @@ from __future__ import annotations
 import difflib
 from typing import Iterable, Mapping
 
-__all__ = ["COMMON", "COMMON_TRAINING_ONLY", "DARKNET_KEYS", "TRAINING_ONLY", "ZERO_ONLY", "did_you_mean",
-           "training_only"]
+__all__ = ["COMMON", "COMMON_TRAINING_ONLY", "DARKNET_KEYS", "GPU_ONLY", "TRAINING_ONLY", "ZERO_ONLY",
+           "did_you_mean", "training_only"]
 
 COMMON = frozenset({"clip", "onlyforward", "dont_update", "burnin_update", "stopbackward", "train_only_bn",
                     "dontload", "dontloadscales", "learning_rate"})
@@ -93,13 +94,16 @@ DARKNET_KEYS: Mapping[str, frozenset[str]] = {name: frozenset(keys) for name, ke
 
 _HEAD_TRAINING = ("beta_nms", "nms_kind")  # decode-time, but read by the NMS, not the layer: see HeadSpec
 TRAINING_ONLY: Mapping[str, frozenset[str]] = {name: frozenset(keys) for name, keys in {
+    # reverse: scales the weight update (update_convolutional_layer_gpu); coordconv: see GPU_ONLY
     "convolutional": ("angle", "assisted_excitation", "cbn", "dot", "grad_centr", "rotate", "stream",
-                      "stretch", "stretch_sway", "sway", "wait_stream", "flipped"),
+                      "stretch", "stretch_sway", "sway", "wait_stream", "flipped", "reverse", "coordconv"),
+    "maxpool": ("maxpool_zero_nonmax",),  # see GPU_ONLY
     "route": ("stream", "wait_stream"),
+    "conv_lstm": ("time_normalizer",),  # scales a gradient in the GPU backward only
     "dropout": ("dropblock", "dropblock_size_abs", "dropblock_size_rel"),
     "cost": ("ratio", "scale", "type"),
     "crop": ("angle", "exposure", "flip", "saturation", "shift"),
-    "softmax": ("noloss",),
+    "softmax": ("noloss", "spatial"),  # spatial: see GPU_ONLY
     "contrastive": ("classes", "cls_normalizer", "contrastive_neg_max", "max_delta", "temperature", "yolo_layer"),
     "yolo": ("counters_per_class", "delta_normalizer", "dets_for_show", "dets_for_track", "embedding_layer",
              "focal_loss", "iou_thresh_kind", "map", "max", "objectness_smooth", "resize", "show_details",
@@ -108,13 +112,26 @@ TRAINING_ONLY: Mapping[str, frozenset[str]] = {name: frozenset(keys) for name, k
                       "objectness_smooth", "resize", "uc_normalizer", "yolo_point", "cls_normalizer",
                       "ignore_thresh", "iou_loss", "iou_normalizer", "iou_thresh", "jitter", "label_smooth_eps",
                       "max_delta", "obj_normalizer", "random", "truth_thresh"),
+    # sqrt: stored in l.sqrt, which region_layer.c never reads (CPU or GPU, forward or loss)
     "region": ("absolute", "bias_match", "class_scale", "classfix", "coord_scale", "focal_loss", "jitter", "log",
                "map", "mask_scale", "max", "noobject_scale", "object_scale", "random", "rescore", "resize",
-               "thresh"),
+               "sqrt", "thresh"),
     "detection": ("class_scale", "coord_scale", "forced", "jitter", "max", "noobject_scale", "object_scale",
                   "random", "reorg", "rescore", "resize"),
 }.items()}
-"""Per section: keys Darknet reads that change only training (loss scales, augmentation, GPU streams ...)."""
+"""Per section: keys Darknet reads that change only training (loss scales, augmentation, GPU streams ...), or only
+Darknet's GPU forward (:data:`GPU_ONLY`): yolodet computes what Darknet's CPU forward computes."""
+
+GPU_ONLY: Mapping[str, Mapping[str, str]] = {
+    "convolutional": {"coordconv": "Darknet's GPU forward (coord_conv_gpu) overwrites output channels 0, 1, 2 with "
+                                   "the cell's x, y and radius in [-1, 1)"},
+    "maxpool": {"maxpool_zero_nonmax": "Darknet's GPU forward (forward_zero_nonmax_kernel) zeroes each output value "
+                                       "that differs from the input value at the same index"},
+    "softmax": {"spatial": "Darknet's GPU forward takes the softmax over the channels of each cell instead "
+                           "(ignoring groups and temperature)"},
+}
+"""Per section: keys (in :data:`TRAINING_ONLY`) that Darknet's CPU forward ignores but its GPU forward obeys; a
+non-zero value is accepted with a warning saying what Darknet's GPU would compute instead."""
 
 
 def training_only(section: str) -> frozenset[str]:

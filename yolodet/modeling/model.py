@@ -19,7 +19,8 @@ from yolodet.modeling.blocks.base import Block, BuildContext, HeadBlock
 from yolodet.modeling.blocks.conv import apply_bin_output
 from yolodet.modeling.blocks.yolo import HeadSpec
 from yolodet.cfg import CfgBlock, CfgError, parse_cfg_text
-from yolodet.cfg.darknet_keys import COMMON, DARKNET_KEYS, ZERO_ONLY, darknet_reads, did_you_mean, training_only
+from yolodet.cfg.darknet_keys import (COMMON, DARKNET_KEYS, GPU_ONLY, ZERO_ONLY, darknet_reads, did_you_mean,
+                                      training_only)
 from yolodet.cfg.net import NetConfig
 from yolodet.modeling.registry import BLOCKS
 
@@ -48,6 +49,10 @@ def _validate_keys(block: CfgBlock, unknown_keys: str = "error") -> None:
             if key in ZERO_ONLY and block.get_int(key) != 0 and key not in implemented:
                 raise block.error(f"{key}={value} makes Darknet skip this layer's bytes when it reads .weights "
                                   "(the next layer reads them); yolodet supports only 0", key)
+            gpu = GPU_ONLY.get(block.type, {}).get(key)
+            if gpu and block.get_float(key) != 0:
+                log.warning("%s:%d: [%s] %s=%s: ignored, as Darknet's CPU forward does; %s", block.path,
+                            block.key_lines.get(key, block.line), block.type, key, value, gpu)
             continue
         if key in darknet_reads(block.type):
             raise block.error(f"Darknet reads this key for [{block.type}] and it changes what the layer computes, "
@@ -130,8 +135,9 @@ class Darknet(nn.Module):
         return [saved[i] for i in self._outputs]
 
     def reset_state(self) -> None:
-        """Zero the hidden state of every recurrent layer (``[rnn]``, ``[gru]``, ``[lstm]``, ``[crnn]``), which
-        otherwise carries over from one forward to the next as in Darknet (see ``yolodet.modeling.blocks.recurrent``)."""
+        """Zero the hidden state of every recurrent layer (``[rnn]``, ``[gru]``, ``[lstm]``, ``[crnn]``,
+        ``[conv_lstm]``), which otherwise carries over from one forward to the next as in Darknet (see
+        ``yolodet.modeling.blocks.recurrent``)."""
         for layer in self.layers:
             if hasattr(layer, "reset_state"):
                 layer.reset_state()
@@ -160,6 +166,13 @@ def _build(block: CfgBlock, ctx: BuildContext) -> Block:
         raise block.error(f"cannot build this layer with input {ctx.in_shape}: {exc}") from exc
     if any(d < 1 for d in layer.out_shape):
         raise block.error(f"output shape {layer.out_shape} is empty (input {ctx.in_shape})")
+    for s in layer.sources:  # Darknet gives an index reader the host dims of an antialiased layer (see antialias.py)
+        host = getattr(ctx.layers[s], "host_shape", None)
+        if host is not None and host != ctx.layers[s].out_shape:
+            key = next((k for k in ("layers", "from") if block.has(k)), None)
+            raise block.error(f"layer {s} is antialiased with a stride: Darknet would read it as {host} (its "
+                              f"stride-1 dims) holding the {ctx.layers[s].out_shape} blurred output; not supported",
+                              key)
     elements = math.prod(layer.out_shape)
     if elements > MAX_OUTPUT_ELEMENTS:
         c, h, w = layer.out_shape

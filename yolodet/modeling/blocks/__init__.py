@@ -1,6 +1,7 @@
 """Block families; importing this package registers every built-in block type in ``yolodet.registry.BLOCKS``."""
 
-from yolodet.modeling.blocks import backbone, conv, misc, recurrent, structural, yolo, yolov1, yolov2  # noqa: F401
+from yolodet.modeling.blocks import (antialias, backbone, conv, conv_lstm, misc, normalization,  # noqa: F401
+                                     recurrent, structural, yolo, yolov1, yolov2)
 from yolodet.modeling.blocks.base import Block, BuildContext
 from yolodet.modeling.blocks.yolo import HeadSpec
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from yolodet.modeling.blocks.activations import (Gelu, HardMish, Lhtan, Loggy, NormalizeChannels,
                                                   NormalizeChannelsSoftmax, Plse, Ramp, Selu, Stair)
+from yolodet.modeling.blocks.antialias import Antialiased, antialiased
 from yolodet.modeling.blocks.base import Block, BuildContext
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.registry import BLOCKS
@@ -102,9 +103,10 @@ class ConvBlock(Block):
 
 @BLOCKS.register("convolutional", keys=("filters", "size", "stride", "stride_x", "stride_y", "pad", "padding",
                                         "groups", "dilation", "batch_normalize", "activation", "share_index",
-                                        "xnor", "binary", "bin_output"))
-def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
-    """Darknet convolution: ``pad=1`` means padding = size/2 and overrides ``padding``."""
+                                        "xnor", "binary", "bin_output", "antialiasing"))
+def build_convolutional(block: CfgBlock, ctx: BuildContext) -> Block:
+    """Darknet convolution: ``pad=1`` means padding = size/2 and overrides ``padding``; ``antialiasing``: the conv
+    at stride 1, then Darknet's fixed blur with the stride (:mod:`yolodet.modeling.blocks.antialias`)."""
     c, h, w = ctx.in_shape
     filters = block.get_int("filters", 1)
     size = block.get_int("size", 1)
@@ -133,13 +135,15 @@ def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
             key = key if block.has(key) or key == "dilation" else "stride"
             raise block.error(f"{key.replace('_', ' ')} {value} is larger than the padded input "
                               f"({h + 2 * padding} x {w + 2 * padding})", key)
-    out_h = (h + 2 * padding - dilation * (size - 1) - 1) // stride_y + 1
-    out_w = (w + 2 * padding - dilation * (size - 1) - 1) // stride_x + 1
+    aa = block.get_int("antialiasing", 0)
+    host_y, host_x = (1, 1) if aa else (stride_y, stride_x)  # Darknet: "use stride=1 in host-layer"
+    out_h = (h + 2 * padding - dilation * (size - 1) - 1) // host_y + 1
+    out_w = (w + 2 * padding - dilation * (size - 1) - 1) // host_x + 1
     if out_h < 1 or out_w < 1:
         raise block.error(f"input {h}x{w} is too small for size={size}, stride={stride}", "size")
     _check_weights(block, filters * (c // groups) * size * size, "size" if size * size > filters else "filters")
     bn = bool(block.get_int("batch_normalize", 0))
-    conv = nn.Conv2d(c, filters, size, (stride_y, stride_x), padding, dilation, groups, bias=not bn)
+    conv = nn.Conv2d(c, filters, size, (host_y, host_x), padding, dilation, groups, bias=not bn)
     norm = nn.BatchNorm2d(filters, eps=BN_EPS, momentum=0.01) if bn else None  # Darknet: rolling avg 0.99
     layer = ConvBlock(conv, norm, make_activation(block, "logistic"), (filters, out_h, out_w))
     if block.has("share_index"):
@@ -151,8 +155,10 @@ def build_convolutional(block: CfgBlock, ctx: BuildContext) -> ConvBlock:
         if groups != 1 or dilation != 1 or stride_x != stride_y:
             raise block.error("xnor=1 needs groups=1, dilation=1 and equal strides (Darknet's bit-packed "
                               "inference path)", "xnor")
+        if aa:
+            raise block.error("xnor=1 with antialiasing is not implemented by yolodet", "antialiasing")
         return XnorConv(layer, bin_output=bool(block.get_int("bin_output", 0)))
-    return layer
+    return antialiased(block, layer, (stride_y, stride_x)) if aa else layer
 
 
 class XnorConv(Block):
@@ -224,6 +230,8 @@ def _share(block: CfgBlock, ctx: BuildContext, layer: ConvBlock) -> None:
     """``share_index`` (absolute when >= 0, else relative): reuse that conv layer's parameters."""
     source = ctx.resolve(block, "share_index", block.get_int("share_index"))
     other = ctx.layers[source]
+    if isinstance(other, Antialiased):  # Darknet shares the host conv's weights
+        other = other.inner
     if not isinstance(other, ConvBlock):
         raise block.error(f"layer {source} is not a [convolutional] layer", "share_index")
     if other.conv.weight.shape != layer.conv.weight.shape or (other.bn is None) != (layer.bn is None):

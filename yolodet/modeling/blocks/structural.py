@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yolodet.modeling.blocks.antialias import antialiased
 from yolodet.modeling.blocks.base import Block, BuildContext, Shape
 from yolodet.modeling.blocks.conv import make_activation
 from yolodet.cfg import CfgBlock
@@ -64,9 +65,10 @@ PoolGeometry = tuple[int, tuple[int, int], tuple[int, int, int, int], Shape]
 """(size, (stride_y, stride_x), (left, right, top, bottom) padding, output shape) of a Darknet pooling layer."""
 
 
-def pool_geometry(block: CfgBlock, ctx: BuildContext) -> PoolGeometry:
+def pool_geometry(block: CfgBlock, ctx: BuildContext, *, unit_stride: bool = False) -> PoolGeometry:
     """Darknet's maxpool geometry (``make_maxpool_layer``, also used by ``[local_avgpool]``): ``stride`` defaults to
-    1, ``size`` to ``stride``, ``padding`` to ``size - 1``; the window starts ``padding / 2`` before the input."""
+    1, ``size`` to ``stride``, ``padding`` to ``size - 1``; the window starts ``padding / 2`` before the input.
+    ``unit_stride``: the geometry at stride 1 (``antialiasing``'s host layer; the cfg's strides are still checked)."""
     c, h, w = ctx.in_shape
     stride = block.get_int("stride", 1)
     sy, sx = block.get_int("stride_y", stride), block.get_int("stride_x", stride)
@@ -78,6 +80,8 @@ def pool_geometry(block: CfgBlock, ctx: BuildContext) -> PoolGeometry:
     if padding < 0:
         raise block.error(f"must be >= 0, got {padding}", "padding")
     _check_window(block, size, (sy, sx), (h, w))
+    if unit_stride:
+        sy = sx = 1
     out_h, out_w = (h + padding - size) // sy + 1, (w + padding - size) // sx + 1
     if out_h < 1 or out_w < 1:
         raise block.error(f"input {h}x{w} is too small for size={size}", "size")
@@ -87,10 +91,46 @@ def pool_geometry(block: CfgBlock, ctx: BuildContext) -> PoolGeometry:
     return size, (sy, sx), (begin, right, begin, bottom), (c, out_h, out_w)
 
 
-@BLOCKS.register("maxpool", keys=("size", "stride", "stride_x", "stride_y", "padding"))
-def build_maxpool(block: CfgBlock, ctx: BuildContext) -> MaxPool:
-    """Darknet maxpool, geometry by :func:`pool_geometry`."""
-    return MaxPool(*pool_geometry(block, ctx))
+class DepthMaxPool(Block):
+    """``[maxpool] maxpool_depth=1``: out channel ``g`` = max over input channels ``g, g + n, g + 2n, ...`` (``n`` =
+    ``out_channels``) at each cell, [B, C, H, W] -> [B, n, H, W]; ``size``, ``stride`` and ``padding`` are ignored.
+    A channel with no input (``n > C``) is ``-FLT_MAX``, Darknet's start value, and so is a max of ``-inf`` values."""
+
+    def __init__(self, out_shape: Shape) -> None:
+        super().__init__()
+        self.out_shape = out_shape
+
+    def forward(self, x: torch.Tensor, refs: list[torch.Tensor]) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = self.out_shape[0]
+        lowest = torch.finfo(x.dtype).min
+        x = F.pad(x, (0, 0, 0, 0, 0, -c % n), value=lowest)  # channel k = j*n + g -> [B, j, g, H, W]
+        return x.reshape(b, -1, n, h, w).amax(1).clamp_min(lowest)
+
+
+@BLOCKS.register("maxpool", keys=("size", "stride", "stride_x", "stride_y", "padding", "antialiasing",
+                                  "maxpool_depth", "out_channels"))
+def build_maxpool(block: CfgBlock, ctx: BuildContext) -> Block:
+    """Darknet maxpool, geometry by :func:`pool_geometry`; ``maxpool_depth``: :class:`DepthMaxPool`;
+    ``antialiasing``: the pool at stride 1, then the blur (:mod:`yolodet.modeling.blocks.antialias`)."""
+    aa = block.get_int("antialiasing", 0)
+    if block.get_int("maxpool_depth", 0):
+        if aa:
+            raise block.error("maxpool_depth=1 with antialiasing: Darknet's forward returns before the blur, yet the "
+                              "next layer reads the blur's (smaller) size; not supported", "antialiasing")
+        for key in ("stride", "stride_x", "stride_y", "size", "padding"):
+            block.get_int(key, 1)  # read (as Darknet does), then unused
+        n = block.get_int("out_channels", 1)
+        if n < 1:
+            raise block.error(f"must be >= 1, got {n}", "out_channels")
+        pool: Block = DepthMaxPool((n, *ctx.in_shape[1:]))
+    else:
+        block.get_int("out_channels", 1)  # read by Darknet, used only with maxpool_depth
+        pool = MaxPool(*pool_geometry(block, ctx, unit_stride=bool(aa)))
+    if not aa:
+        return pool
+    stride = block.get_int("stride", 1)
+    return antialiased(block, pool, (block.get_int("stride_y", stride), block.get_int("stride_x", stride)))
 
 
 class GlobalAvgPool(Block):
