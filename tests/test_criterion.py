@@ -40,7 +40,7 @@ num=3
 @pytest.mark.parametrize("text, match", [
     (REGION_2.replace("softmax=1", "softmax=1\ntree=tree.txt"), r"layer 5 \[region\] \(line \d+\): tree="),
     (REGION_2.replace("random=0", "random=0\nclassfix=1"), "classfix=1 is not trainable"),
-    (GAUSSIAN.replace("random=0", "random=0\niou_loss=giou"), r"\[gaussian_yolo\] .*iou_loss=giou"),
+    (GAUSSIAN.replace("random=0", "random=0\niou_thresh_kind=giou"), r"\[gaussian_yolo\] .*iou_thresh_kind=giou"),
     (GAUSSIAN.replace("random=0", "random=0\nyolo_point=left_top"), "yolo_point=left_top"),
     (REGION_2.replace("[convolutional]\nbatch_normalize=1\nfilters=16", "[convolutional]\nxnor=1\n"
                       "batch_normalize=1\nfilters=16", 1), r"layer 2 \[convolutional\] xnor=1"),

@@ -21,9 +21,18 @@ best of all anchors by (w, h) IoU, ``iou_thresh`` extras); the parts:
   reach the raw outputs unchanged, no closed-form function of the raw outputs has them as its gradient; the box
   part is therefore ``-sum(delta * raw)`` (``delta`` detached: exactly Darknet's gradient) with its *value*
   replaced by the NLL ``(2 - w h) / 2 * sum(d^2 / (2 s^2) + log(s + .3))`` for logging.
+* **box**, ``iou_loss=iou/giou/diou/ciou`` (Gaussian_yolov3_BDD.cfg: giou): the sigma deltas stay the Gaussian
+  ones above (still with ``(2 - w h)`` and ``uc_normalizer``), the four means' deltas are replaced by Darknet's
+  hand-derived IoU-variant derivatives of the decoded box (:func:`yolodet.training.iou_delta.darknet_iou_delta`,
+  ``box.c``'s ``dx_box_iou``; ``dw, dh`` times ``exp(mu_w)``, ``exp(mu_h)``, no ``(2 - w h)``) times
+  ``iou_normalizer``, then the same NaN fix, ``max_delta`` clip and averaging. These are not the gradient of any
+  scalar (Darknet's ``dw`` is ``d/dright - d/dleft``, the sigmoid and anchor factors are skipped), so they enter
+  the same detached surrogate. Warning: unlike yolodet's ``[yolo]`` IoU losses (true autograd gradients of the
+  ``torchvision.ops`` losses), this reproduces Darknet's update exactly. Logged value: the NLL plus
+  ``iou_normalizer * (1 - IoU-variant)`` (torchvision's variants).
 
-Refused (:func:`gaussian_untrainable`): ``iou_loss`` other than mse, ``yolo_point`` other than center,
-``objectness_smooth``, ``counters_per_class``, ``truth_thresh < 1``, ``iou_thresh_kind`` other than iou, ``map``.
+Refused (:func:`gaussian_untrainable`): ``yolo_point`` other than center, ``objectness_smooth``,
+``counters_per_class``, ``truth_thresh < 1``, ``iou_thresh_kind`` other than iou, ``map``.
 """
 
 from __future__ import annotations
@@ -33,15 +42,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_convert, box_iou
+from torchvision.ops import box_convert, box_iou, complete_box_iou_loss, distance_box_iou_loss
+from torchvision.ops import generalized_box_iou_loss
 
 from yolodet.cfg import CfgBlock
 from yolodet.modeling.blocks.yolo import HeadSpec
+from yolodet.training.iou_delta import darknet_iou_delta, paired_iou
 from yolodet.training.loss import assign_anchors, cell_class_targets
 
 SIGMA_CONST = 0.3  # Darknet's sigma_const in the Gaussian's normaliser
 EPSILON = 1e-9
 CLASS_MATCH = 0.25  # a prediction can be ignored only when some class probability exceeds this
+_IOU_LOSSES = {"iou": lambda a, b: 1 - paired_iou(a, b), "giou": generalized_box_iou_loss,
+               "diou": distance_box_iou_loss, "ciou": complete_box_iou_loss}  # for the logged value only
 
 
 @dataclass(frozen=True)
@@ -66,8 +79,6 @@ class GaussianTrainSpec:
 
 def gaussian_untrainable(head: HeadSpec, block: CfgBlock) -> str | None:
     """Why yolodet cannot train this ``[Gaussian_yolo]`` head (None: it can)."""
-    if head.iou_loss != "mse":
-        return f"iou_loss={head.iou_loss} is not trainable for [Gaussian_yolo] in yolodet (only mse)"
     for key, default in (("yolo_point", "center"), ("iou_thresh_kind", "iou")):
         if block.get_str(key, default) != default:
             return f"{key}={block.get_str(key, default)} is not trainable in yolodet (only {default})"
@@ -119,8 +130,16 @@ def gaussian_head_loss(spec: GaussianTrainSpec, out: torch.Tensor, targets: torc
         t_box = torch.cat((ti[:, :2] * grid - torch.stack((gi, gj), 1),
                            (ti[:, 2:4] * net / anchors[a_idx]).clamp(min=1e-9).log()), 1)  # [P, 4]
         scale = 2 - ti[:, 2] * ti[:, 3]
-        delta, nll = _gaussian_delta(act[bi, a_idx, gj, gi], t_box, scale, head.iou_normalizer,
-                                     spec.uc_normalizer, head.max_delta)
+        pos = act[bi, a_idx, gj, gi]
+        mu_delta, iou_term = None, None
+        if head.iou_loss != "mse":
+            pred = torch.cat(((torch.stack((gi, gj), 1) + pos[:, (0, 2)]) / grid,
+                              pos[:, (4, 6)].exp() * anchors[a_idx] / net), 1)
+            mu_delta, iou_term = _iou_mu_delta(pred, ti, pos[:, (4, 6)], head.iou_loss)
+        delta, nll = _gaussian_delta(pos, t_box, scale, head.iou_normalizer, spec.uc_normalizer,
+                                     head.max_delta, mu_delta)
+        if iou_term is not None:  # the logged value: the NLL plus the means' IoU loss
+            nll = nll + head.iou_normalizer * iou_term
         cell_delta = torch.zeros(len(cells), 8, device=out.device, dtype=delta.dtype)
         cell_delta.index_add_(0, inverse, delta)
         cell_delta = (cell_delta / positives[:, None]).to(out.dtype)
@@ -139,16 +158,18 @@ def _activate(raw: torch.Tensor, scale_x_y: float) -> torch.Tensor:
 
 
 def _gaussian_delta(act: torch.Tensor, t_box: torch.Tensor, scale: torch.Tensor, iou_normalizer: float,
-                    uc_normalizer: float, max_delta: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    uc_normalizer: float, max_delta: float, mu_delta: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Darknet's ``delta_gaussian_yolo_box`` for P pairs: activated [P, 8], targets [P, 4] (tx, ty, tw, th),
-    scale [P] -> (delta [P, 8] in the channel order of ``act``, float64; NLL [P])."""
+    scale [P], ``mu_delta`` [P, 4] (the IoU-loss deltas replacing the Gaussian ones of the means, or None) ->
+    (delta [P, 8] in the channel order of ``act``, float64; NLL [P])."""
     act, t_box, scale = act.double(), t_box.double(), scale.double()[:, None]
     mu, s = act[:, 0::2], act[:, 1::2]  # [P, 4] each
     d = t_box - mu
     z = d / s
     density = torch.exp(-0.5 * z.square()) / (math.sqrt(2 * math.pi) * (s + SIGMA_CONST))
     k = 0.5 * density / (density + EPSILON) * scale
-    d_mu = iou_normalizer * k * z / s
+    d_mu = iou_normalizer * (k * z / s if mu_delta is None else mu_delta.double())
     d_s = uc_normalizer * k * (z.square() / s - 1 / (s + SIGMA_CONST))
     delta = torch.stack((d_mu, d_s), -1).reshape(len(act), 8)  # interleave back to mu_x, s_x, ...
     delta = torch.nan_to_num(delta, nan=0.0, posinf=0.0, neginf=0.0)  # Darknet's fix_nan_inf
@@ -156,6 +177,19 @@ def _gaussian_delta(act: torch.Tensor, t_box: torch.Tensor, scale: torch.Tensor,
         delta = delta.clamp(-max_delta, max_delta)
     nll = 0.5 * scale[:, 0] * (0.5 * z.square() + (s + SIGMA_CONST).log()).sum(1)
     return delta, nll
+
+
+def _iou_mu_delta(pred: torch.Tensor, truth: torch.Tensor, raw_wh: torch.Tensor, kind: str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``iou_loss != mse``: the deltas of the four means as Darknet writes them, ``pred``/``truth`` [P, 4]
+    ``cxcywh`` fractions, ``raw_wh`` [P, 2] -> (``dx_box_iou`` with ``dw, dh`` times ``exp(raw)`` [P, 4] float64,
+    ``1 -`` the IoU variant [P] for the logged value)."""
+    pred, truth = pred.double(), truth.double()
+    pred = torch.cat((pred[:, :2], torch.where(pred[:, 2:] == 0, 1.0, pred[:, 2:])), 1)  # Darknet: w == 0 -> 1
+    delta = darknet_iou_delta(pred, truth, kind)
+    delta[:, 2:] = delta[:, 2:] * raw_wh.double().exp()  # "apply gradient of e^delta_t ONLY for w,h"
+    finite = pred.clamp(max=1e6)  # an overflowed exp (Darknet: delta 0) must not make the logged value NaN
+    return delta, _IOU_LOSSES[kind](box_convert(finite, "cxcywh", "xyxy"), box_convert(truth, "cxcywh", "xyxy"))
 
 
 def _ignored(p: torch.Tensor, act: torch.Tensor, img: torch.Tensor, truth: torch.Tensor, anchors: torch.Tensor,
