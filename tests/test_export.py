@@ -40,7 +40,8 @@ TOL = 1e-4
 # together). The other 22 that yolodet builds run by default in about 85 s (35 s on a quiet machine), with every
 # layer type of the zoo among them (mish, SPP maxpools and shortcuts in yolov4-csp-s-mish, scale_channels in
 # enet-coco and efficientnet_b0, connected in alexnet and extraction.conv); the cfgs yolodet refuses are skipped.
-SLOW = {"cd53paspp-gamma.cfg", "csdarknet53-omega.cfg", "cspx-p7-mish-omega.cfg",
+SLOW = {"cd53paspp-gamma.cfg", "csdarknet53-omega.cfg", "cspx-p7-mish-omega.cfg", "cspx-p7-mish.cfg",
+        "cspx-p7-mish_hp.cfg", "vgg-16.cfg",
         "csresnext50-panet-spp-original-optimal.cfg", "csresnext50-panet-spp.cfg", "darknet53.cfg", "densenet201.cfg",
         "extraction.cfg", "resnet101.cfg", "resnet152.cfg", "resnet50.cfg", "resnext152-32x4d.cfg",
         "yolov3-openimages.cfg", "yolov3-spp.cfg", "yolov3-voc.cfg", "yolov3-voc.yolov3-giou-40.cfg", "yolov3.cfg",
