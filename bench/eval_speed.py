@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""COCO128 end-to-end evaluation wall time: yolodet's ``evaluate`` vs an OpenCV-DNN loop, in one run.
+"""COCO128 end-to-end evaluation wall time: yolodet's ``evaluate`` vs an ONNX Runtime loop and an OpenCV-DNN loop,
+in one run.
 
-Both sides read the same images with the same decoder, feed the same Darknet-exact preprocessed arrays, decode
-with the same :class:`~yolodet.decode.YoloDecoder`, apply the same candidate rule and per-class NMS
-(:func:`~yolodet.postprocess.postprocess`) and score with the same COCOeval. Only the network differs: yolodet's
-PyTorch model versus ``cv2.dnn.readNetFromDarknet``. OpenCV's own ``[yolo]`` layer zeroes class scores <= 0.2
-(its default ``thresh``), which would break Darknet's 0.005 protocol, so the loop takes the raw outputs of the
+Every side reads the same images with the same decoder, feeds the same Darknet-exact preprocessed arrays, decodes
+with the same :class:`~yolodet.inference.decode.YoloDecoder`, applies the same candidate rule and per-class NMS
+(:func:`~yolodet.inference.postprocess.postprocess`) and scores with the same COCOeval. Only the network and the
+loop differ: yolodet's ``evaluate`` (its optimised PyTorch model, images read in loader workers when the cores
+allow) versus a plain loop over ``onnxruntime`` (the raw-head graph ``yolodet.export.to_onnx`` writes, when
+installed) and over ``cv2.dnn.readNetFromDarknet``. OpenCV's own ``[yolo]`` layer zeroes class scores <= 0.2 (its
+default ``thresh``), which would break Darknet's 0.005 protocol, so that loop takes the raw outputs of the
 convolutions that feed the heads (``conv_<head - 1>``) instead.
 
 Not a test. Usage: ``python bench/eval_speed.py [--preprocess darknet-letterbox] [--batch-size 8] [--workers 2]``
@@ -20,7 +23,9 @@ set_openmp_defaults()  # as tools/eval_coco.py does; must precede `import torch`
 import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+from typing import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -35,6 +40,7 @@ from yolodet.evaluation import category_mapping, coco_evaluate, detections_to_co
 from yolodet.inference.postprocess import postprocess  # noqa: E402
 
 from _coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
+from _onnx_peers import installed, ort_peer  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,32 +51,52 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="both sides (OpenCV gets N-image blobs)")
     p.add_argument("--workers", type=int, help="yolodet's image-loading processes (default: as tools/eval_coco.py, "
                                                "the cores torch's threads leave free, at most 2)")
-    p.add_argument("--device", default="cpu", help="yolodet's device (OpenCV DNN runs on the CPU)")
+    p.add_argument("--device", default="cpu", help="yolodet's device (the peers run on the CPU)")
+    p.add_argument("--no-opencv", action="store_true", help="leave the OpenCV DNN loop out")
+    p.add_argument("--no-onnxruntime", action="store_true", help="leave the ONNX Runtime loop out")
     return p
 
 
-def opencv_eval(args: argparse.Namespace, source, gt: dict, decoder_name: str) -> tuple[float, float, float, int]:
-    """The OpenCV-DNN loop; returns (seconds, AP, AP50, detections)."""
+def peer_eval(args: argparse.Namespace, source, gt: dict, decoder_name: str, network: str
+              ) -> tuple[float, float, float, int]:
+    """A plain loop with ``network`` ("onnxruntime" or "opencv") for the forward; returns (seconds, AP, AP50,
+    detections). The timing includes loading the network (an ONNX file written here for ORT)."""
     start = time.perf_counter()
-    net = cv2.dnn.readNetFromDarknet(args.cfg, args.weights)
-    detector = Detector.from_cfg(args.cfg, None, img_size=args.img_size, preprocess=args.preprocess)  # decode only
-    outputs = [f"conv_{h.layer - 1}" for h in detector.model.heads]
-    class_ids, _ = category_mapping(detector.model.num_classes, [c["id"] for c in gt["categories"]],
-                                    source.category_ids)
-    dataset = InferenceDataset([s.image for s in source.samples], detector.img_size, args.preprocess,
-                               decoder=decoder_name)
-    results = []
-    for first in range(0, len(dataset), args.batch_size):
-        items = [dataset[i] for i in range(first, min(first + args.batch_size, len(dataset)))]
-        items = [it for it in items if it.image is not None]
-        net.setInput(np.stack([it.image for it in items]))
-        raw = [torch.from_numpy(o) for o in net.forward(outputs)]
-        preds = detector.decoder(raw, detector.img_size)
-        dets = postprocess(preds, conf_thres=0.005, nms_thres=0.45, mappings=[it.mapping for it in items])
-        for it, det in zip(items, dets):
-            results.extend(detections_to_coco(det, source.samples[it.index].image_id, class_ids))
+    detector = Detector.from_cfg(args.cfg, args.weights, img_size=args.img_size, preprocess=args.preprocess)
+    with tempfile.TemporaryDirectory() as tmp:
+        forward = _forward(args, detector, network, Path(tmp))
+        class_ids, _ = category_mapping(detector.model.num_classes, [c["id"] for c in gt["categories"]],
+                                        source.category_ids)
+        dataset = InferenceDataset([s.image for s in source.samples], detector.img_size, args.preprocess,
+                                   decoder=decoder_name)
+        results = []
+        for first in range(0, len(dataset), args.batch_size):
+            items = [dataset[i] for i in range(first, min(first + args.batch_size, len(dataset)))]
+            items = [it for it in items if it.image is not None]
+            raw = [torch.from_numpy(o) for o in forward(np.stack([it.image for it in items]))]
+            preds = detector.decoder(raw, detector.img_size)
+            dets = postprocess(preds, conf_thres=0.005, nms_thres=0.45, mappings=[it.mapping for it in items])
+            for it, det in zip(items, dets):
+                results.extend(detections_to_coco(det, source.samples[it.index].image_id, class_ids))
     scores = coco_evaluate(gt, results, image_ids=[s.image_id for s in source.samples])
     return time.perf_counter() - start, scores.stats[0], scores.stats[1], len(results)
+
+
+def _forward(args: argparse.Namespace, detector: Detector, network: str, tmp: Path
+             ) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """float32 [B, 3, H, W] blob -> raw head outputs, by ONNX Runtime or OpenCV DNN."""
+    if network == "onnxruntime":
+        from yolodet.export import to_onnx
+
+        path = to_onnx(detector.model, tmp / "model.onnx", img_size=detector.img_size, dynamic=True)
+        return ort_peer(path, torch.get_num_threads())
+    net = cv2.dnn.readNetFromDarknet(args.cfg, args.weights)
+    outputs = [f"conv_{h.layer - 1}" for h in detector.model.heads]
+
+    def run(blob: np.ndarray) -> list[np.ndarray]:
+        net.setInput(blob)
+        return net.forward(outputs)
+    return run
 
 
 def main(args: argparse.Namespace) -> int:
@@ -91,17 +117,21 @@ def main(args: argparse.Namespace) -> int:
                       decoder=decoder, progress=False)
     ours = time.perf_counter() - start
 
-    theirs, ap, ap50, n = opencv_eval(args, source, gt, decoder)
+    peers = {}
+    if not args.no_onnxruntime and installed("onnxruntime"):
+        peers["ONNX Runtime loop (cpu)"] = peer_eval(args, source, gt, decoder, "onnxruntime")
+    if not args.no_opencv:
+        peers["OpenCV DNN loop (cpu)"] = peer_eval(args, source, gt, decoder, "opencv")
 
     n_img = len(source.samples)
     print(f"COCO128 end-to-end eval ({n_img} images), {Path(args.cfg).name} {args.img_size} {args.preprocess}, "
           f"decoder {decoder}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
           f"OpenCV {cv2.__version__} threads {cv2.getNumThreads()}")
-    print(f"{'pipeline':<28} {'wall s':>8} {'img/s':>7} {'AP':>7} {'AP50':>7} {'dets':>6}")
+    print(f"{'pipeline':<28} {'wall s':>8} {'img/s':>7} {'AP':>7} {'AP50':>7} {'dets':>6} {'peer / yolodet':>15}")
     print(f"{'yolodet (' + str(args.device) + f', workers {args.workers})':<28} {ours:8.1f} {n_img / ours:7.2f} "
           f"{result.ap:7.4f} {result.ap50:7.4f} {len(result.results):6d}")
-    print(f"{'OpenCV DNN loop (cpu)':<28} {theirs:8.1f} {n_img / theirs:7.2f} {ap:7.4f} {ap50:7.4f} {n:6d}")
-    print(f"ratio OpenCV / yolodet wall time: {theirs / ours:.2f}x")
+    for name, (theirs, ap, ap50, n) in peers.items():
+        print(f"{name:<28} {theirs:8.1f} {n_img / theirs:7.2f} {ap:7.4f} {ap50:7.4f} {n:6d} {theirs / ours:14.2f}x")
     return 0
 
 

@@ -4,6 +4,14 @@ fixed CPU time budget; report training img/s and validation COCO AP/AP50 (pycoco
 
     nohup python bench/finetune_raccoon.py > bench-raccoon.log 2>&1 &
 
+Any cfg with a trainable head works the same way, e.g. YOLOv2-tiny (``[region]``) from the first 13 layers of the
+official yolov3-tiny weights (its backbone, ``yolodet partial``)::
+
+    yolodet partial --cfg ../shared/data/darknet-cfg/yolov3-tiny.cfg --weights ../shared/weights/yolov3-tiny.weights \
+        --layers 13 --output runs/yolov3-tiny.conv.13
+    python bench/finetune_raccoon.py --cfg ../shared/data/darknet-zoo/yolov2-tiny.cfg \
+        --weights runs/yolov3-tiny.conv.13 --output runs/bench-raccoon-v2 --expected-img-s 9
+
 Steps: a 1-class cfg from ``yolov3-tiny.cfg`` (``yolodet.cfg_tools.finetune_cfg``), the COCO weights loaded into
 it (all but the two head convs), validation before training, ``tools/train.py`` in a subprocess with
 ``--time-limit``, validation of the last model after. The run length (``max_batches``) is sized from
@@ -45,6 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/bench-raccoon")
     p.add_argument("--minutes", type=float, default=25.0, help="training time budget (default: 25)")
     p.add_argument("--expected-img-s", type=float, default=11.0, help="sizes max_batches to the budget")
+    p.add_argument("--max-batches", type=int, help="optimiser steps (default: sized from the two above)")
     p.add_argument("--img-size", type=int, default=320, help="training base size (multi-scale around it)")
     p.add_argument("--val-img-size", type=int, default=416, help="validation size (the cfg's, default 416)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -67,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = out / "raccoon-yolov3-tiny.cfg"
+    cfg = out / f"raccoon-{Path(args.cfg).stem}.cfg"
     cfg.write_text(finetune_cfg(Path(args.cfg).read_text(), 1, batch=args.batch_size, subdivisions=1, path=args.cfg))
     val = load_dataset(args.data, "valid")
 
@@ -78,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"before: {before}", flush=True)
 
     budget = args.minutes * 60
-    max_batches = int(budget * args.expected_img_s / args.batch_size)
+    max_batches = args.max_batches or int(budget * args.expected_img_s / args.batch_size)
     cmd = [sys.executable, str(ROOT / "tools" / "train.py"), "--cfg", str(cfg), "--data", args.data,
            "--weights", args.weights, "--output", str(out / "run"), "--img-size", str(args.img_size),
            "--val-img-size", str(args.val_img_size), "--batch-size", str(args.batch_size), "--subdivisions", "1",
@@ -116,10 +125,11 @@ def main(args: argparse.Namespace) -> int:
     rows = [f"| {int(r['epoch'])} | {int(r['step'])} | {r['total']:.3f} | {r['img_per_s']:.2f} | {num(r['ap'])} | "
             f"{num(r['ap50'])} |" for r in curve]
     md = "\n".join([
-        f"Fine-tuning yolo-v3-tiny (COCO) on raccoon: {report['train_seconds']:.0f} s of training, "
+        f"Fine-tuning {Path(args.cfg).stem} from {Path(args.weights).name} on raccoon: "
+        f"{report['train_seconds']:.0f} s of training, "
         f"{report['steps']} steps of {args.batch_size}, **{report['train_img_per_s']} img/s**",
         "", "| | val AP | val AP50 |", "|---|---|---|",
-        f"| before (COCO weights, new head) | {before['ap']:.4f} | {before['ap50']:.4f} |",
+        f"| before (start weights, fresh 1-class heads) | {before['ap']:.4f} | {before['ap50']:.4f} |",
         f"| after | {after['ap']:.4f} | {after['ap50']:.4f} |", "",
         "| epoch | step | train loss | img/s | val AP | val AP50 |", "|---|---|---|---|---|---|", *rows, ""])
     (out / "bench.md").write_text(md)
