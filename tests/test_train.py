@@ -182,7 +182,7 @@ def _wait_for_step(proc: subprocess.Popen, path: Path, above: int, timeout: floa
 def test_ctrl_c_and_sigkill_then_resume_reach_the_same_step(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "data", n=8)
     out = tmp_path / "run"
-    epochs, steps_per_epoch = 30, 2
+    epochs, steps_per_epoch = 300, 2  # long enough that the resumed run cannot finish before the SIGKILL
     cmd = [sys.executable, str(TRAIN), "--cfg", str(CFG), "--data", str(data), "--output", str(out),
            "--epochs", str(epochs), "--batch-size", "4", "--eval-interval", "0", "--no-progress", "--quiet",
            "--workers", "1", "--threads", "1"]
