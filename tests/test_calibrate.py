@@ -41,6 +41,45 @@ def test_ranges_are_the_mean_of_per_image_extremes() -> None:
         assert cal.layer(i) == pytest.approx((lo, hi), rel=1e-4, abs=1e-5)
 
 
+RECURRENT_CFG = """[net]
+width=32
+height=32
+channels=3
+[convolutional]
+filters=4
+size=3
+stride=2
+pad=1
+activation=leaky
+[conv_lstm]
+output=4
+size=3
+pad=1
+"""
+
+
+def test_calibration_images_are_independent_first_steps() -> None:
+    """Recurrent state: each calibration image starts from zero state, and the model is left at zero state."""
+    model = randomize(Darknet.from_cfg_text(RECURRENT_CFG), seed=2).eval()
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    cal = calibrate(model, images, img_size=(32, 32), preprocess_mode="darknet-resize")
+    from yolodet.inference.preprocess import preprocess
+    x = torch.from_numpy(preprocess(images[1], (32, 32), "darknet-resize")[0])[None]
+    with torch.no_grad():
+        alone = model(x)[0]  # the second image as a first step: the model's state must be zero here
+        model.reset_state()
+        again = model(x)[0]
+    torch.testing.assert_close(alone, again, rtol=0, atol=0)
+    lows = []
+    for im in images:  # the LSTM's output range of each image as a first step
+        model.reset_state()
+        with torch.no_grad():
+            out = model.layer_outputs(torch.from_numpy(preprocess(im, (32, 32), "darknet-resize")[0])[None])
+        lows.append(float(out[1].min()))
+    assert cal.layer(1)[0] == pytest.approx(np.mean(lows), rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda tmp: tmp / "missing", "is not a folder of images"),
     (lambda tmp: tmp, "has no images"),

@@ -125,7 +125,10 @@ def calibration_images(source: str | os.PathLike | Sequence[np.ndarray] | None) 
 def calibrate(model: Darknet, source: str | os.PathLike | Sequence[np.ndarray] | None, *,
               img_size: tuple[int, int], preprocess_mode: str) -> Calibration:
     """Run ``model`` (fp32, eval, on its device) over ``source``'s images preprocessed as the detector will, and
-    return every layer's output range (:class:`Calibration`). ``img_size``: (w, h)."""
+    return every layer's output range (:class:`Calibration`). ``img_size``: (w, h).
+
+    Each image is a first step from zero recurrent state, and ``model``'s state is zero again afterwards: the
+    calibration images are not a sequence, and the detector's first frame must not see their state."""
     images, where = calibration_images(source)
     device = next(model.parameters(), torch.empty(0)).device
     model = model.eval()
@@ -134,10 +137,12 @@ def calibrate(model: Darknet, source: str | os.PathLike | Sequence[np.ndarray] |
     for k, image in enumerate(images):
         blob, _ = preprocess(image, img_size, preprocess_mode)
         x = torch.from_numpy(blob)[None].to(device)
+        model.reset_state()
         outs = [x, *model.layer_outputs(x).values()]
         for j, out in enumerate(outs):
             lo, hi = torch.aminmax(out.float())
             lows[k, j], highs[k, j] = float(lo), float(hi)
+    model.reset_state()
     return Calibration(torch.stack([lows.mean(0), highs.mean(0)], 1), len(images), where)
 
 
