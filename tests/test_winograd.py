@@ -35,6 +35,27 @@ def test_equals_direct_convolution(n: int, c: int, o: int, h: int, w: int, chann
     assert _rel_err(out, ref) < 2e-5  # direct fp32: ~1e-6; the transforms add about a decimal digit
 
 
+@pytest.mark.parametrize(("n", "c", "o", "h", "w"), [(1, 64, 128, 13, 13), (2, 8, 16, 13, 17), (1, 3, 5, 1, 1),
+                                                     (3, 32, 24, 19, 6), (1, 16, 8, 16, 16)])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_onednn_products_equal_direct_convolution(n: int, c: int, o: int, h: int, w: int, bias: bool) -> None:
+    """Winograd3x3 runs the products as a grouped oneDNN convolution with the bias folded into it: the same
+    convolution, for any size and batch, and for a second input size (its own reordered weights)."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    g = torch.Generator().manual_seed(c * o + h)
+    weight = torch.randn(o, c, 3, 3, generator=g) * (9 * c) ** -0.5
+    b = torch.randn(o, generator=g) if bias else None
+    conv = Winograd3x3(weight, b)
+    for size in ((h, w), (h + 5, w + 2)):
+        x = torch.randn(n, c, *size, generator=g).contiguous(memory_format=torch.channels_last)
+        ref = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=1)
+        out = conv(x)
+        assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+        assert _rel_err(out, ref) < 2e-5
+    assert len(conv._packed) == 2  # one reordered weight per tile count
+
+
 def test_transformed_weights_of_a_delta_kernel_are_the_identity_map() -> None:
     """A kernel with a single 1 at its centre copies its input: the transforms are exact inverses of each other."""
     weight = torch.zeros(1, 1, 3, 3)
@@ -52,8 +73,11 @@ def test_bad_shapes_are_refused() -> None:
 
 def test_pays_for_wide_mid_resolution_layers_only() -> None:
     assert winograd_pays(128, 256, 52, 52) and winograd_pays(256, 512, 26, 26)  # yolov3's residual 3x3s at 416
-    assert not winograd_pays(512, 1024, 13, 13)  # 16 tiles: the 36 products are too thin
-    assert not winograd_pays(16, 32, 208, 208)  # few channels: the transforms dominate
+    assert winograd_pays(512, 1024, 13, 13) and winograd_pays(64, 64, 104, 104)
+    assert not winograd_pays(512, 1024, 7, 7)  # 4 tiles: the 36 products are too thin
+    assert not winograd_pays(128, 128, 13, 13)  # too little work for the extra passes
+    assert not winograd_pays(16, 32, 208, 208) and not winograd_pays(32, 64, 104, 104)  # few channels
+    assert not winograd_pays(64, 64, 208, 208)  # large maps: the tiles leave the caches
 
 
 def test_frozen_conv_uses_it_in_fp32_on_cpu_only_where_it_pays() -> None:
@@ -87,5 +111,5 @@ def test_yolov3_tiny_at_416_uses_it_and_stays_exact() -> None:
     fast = optimize_for_inference(model)
     out = fast(x)
     used = [i for i, layer in enumerate(fast.net.layers) if isinstance(layer, FrozenConv) and layer._winograd]
-    assert used == [8, 21]
+    assert used == [6, 8, 10, 12, 14, 21]
     assert max(_rel_err(o, r) for o, r in zip(out, ref)) < 1e-4

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from yolodet.inference.calibrate import DEFAULT_NOTE, Calibration, calibrate
+from yolodet.inference.memory import keep_freed_memory
 from yolodet.inference.frozen import FrozenConv, PairMaxPool, cpu_has_native_bf16, fold_batchnorm
 from yolodet.inference.quantize import QuantizedNet, int8_available, quantize_net
 from yolodet.modeling.model import Darknet
@@ -186,6 +187,8 @@ def optimize_for_inference(model: Darknet, *, precision: str = "fp32", device: s
         device = next(model.parameters(), torch.empty(0)).device
     device = torch.device(device)
     precision = resolve_precision(precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()  # every forward reuses the last one's freed pages (yolodet.inference.memory)
     with torch.no_grad():
         net = fold_batchnorm(model, winograd=winograd).to(device=device, dtype=compute_dtype(precision))
         if precision == "int8":

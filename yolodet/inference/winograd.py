@@ -10,14 +10,15 @@ products, all run by the BLAS:
 3. output transform ``Y = A^T M A`` (a [16, 36] matrix), then bias and activation.
 
 Why: on a 2-core AVX-512 EPYC, oneDNN's direct fp32 convolution already runs at the cores' peak, so only fewer
-multiplications make it faster. OpenCV DNN does the same for its 3x3 convolutions. Measured there (one layer
-alone, warm caches, one image, ms, direct oneDNN with fused leaky -> Winograd): 128->256 @26x26 1.71 -> 1.07,
-384->256 @26 5.04 -> 3.24, 128->256 @52 7.02 -> 4.05, 256->512 @26 6.69 -> 4.11; but 512->1024 @13 6.77 -> 8.03
-(a 13x13 map is only 16 tiles: the products are too thin), 32->64 @104 1.79 -> 2.45 (few channels: the
-transforms dominate), and 64-channel inputs anywhere between 0.7x and 1.4x from run to run.
-:func:`winograd_pays` encodes where it wins. Inside a whole network the gain is smaller (the 4x larger
-transformed weights come from memory, not the caches): yolov3's 22 such layers at 416 take ~5.4 instead of
-~7.2 ms each.
+multiplications make it faster. OpenCV DNN does the same for its 3x3 convolutions. The 36 products are one
+*grouped 1x1 oneDNN convolution* (36 groups; the tiles are its pixels, in the NHWC memory the input transform
+writes): oneDNN's convolution kernels reach ~120 GMAC/s there, where the BLAS's batched product (MKL, on AMD)
+reaches 45-100. Measured on one layer at batch 1 (warm, ms, direct oneDNN with fused leaky -> Winograd):
+512->1024 @13 6.36 -> 4.26, 256->512 @13 1.63 -> 1.11, 128->128 @52 3.42 -> 1.95, 256->128 @52 6.80 -> 3.69,
+64->128 @52 1.73 -> 1.03, 64->64 @104 3.5 -> 2.8-3.3; but 64->64 @26 0.25 -> 0.29 and 128->128 @13 0.23 ->
+0.28 (too little work for the extra passes), 512->1024 @7 1.72 -> 2.20 (4 tiles), 64->64 @208 13.9 -> 14.7 and
+16->32 @208 1.8 -> 5.8 (large maps, few channels: the transforms dominate). :func:`winograd_pays` encodes where
+it wins.
 
 Accuracy: the transforms add rounding; one layer's outputs stay within ~1e-5 relative of the exact convolution
 (direct: ~1e-6), well inside the 1e-4 that the optimised model promises. fp32 only: the transforms amplify
@@ -30,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TILE", "Winograd3x3", "winograd_conv3x3", "winograd_pays", "winograd_weights"]
+__all__ = ["TILE", "Winograd3x3", "grouped_weights", "winograd_conv3x3", "winograd_pays", "winograd_weights"]
 
 TILE = 4  # output tile side m of F(m x m, 3 x 3); input tiles are m + 2 = 6 wide
 
@@ -54,11 +55,16 @@ _AT = ((1, 1, 1, 1, 1, 0),
 
 
 def winograd_pays(in_channels: int, out_channels: int, height: int, width: int) -> bool:
-    """Whether F(4x4, 3x3) beats oneDNN's direct convolution for this layer (fp32, CPU; measured on a 2-core
-    AVX-512 EPYC, see the module docstring): at least 128 input and output channels, so that the 36 products
-    dominate the transforms (this also leaves out the few-channel full-resolution layers), and a map of at least
-    19x19, i.e. 25 tiles or more (13x13 gives 16: the products are too thin)."""
-    return in_channels >= 128 and out_channels >= 128 and min(height, width) >= 19
+    """Whether :class:`Winograd3x3` beats oneDNN's direct convolution for this layer at batch 1 (fp32, CPU;
+    measured on a 2-core AVX-512 EPYC, see the module docstring):
+
+    - at least 64 input and output channels (fewer: the transforms cost more than the products save);
+    - at least 4M multiply-adds per tap (``C * O * H * W``; 64 -> 64 at 26x26 and 128 -> 128 at 13x13 are too
+      small to pay for the extra passes);
+    - a map of at least 10x10 (9 tiles; a 7x7 map is only 4: the products are too thin) and at most 128x128
+      pixels (larger maps' tiles no longer fit the caches: 64 -> 64 at 208x208 is 1.06x slower)."""
+    return (min(in_channels, out_channels) >= 64 and in_channels * out_channels * height * width >= 4_000_000
+            and min(height, width) >= 10 and height * width <= 128 * 128)
 
 
 def winograd_weights(weight: torch.Tensor) -> torch.Tensor:
@@ -86,20 +92,72 @@ class Winograd3x3:
 
     Calling it on x [N, C, H, W] (channels_last is fastest) gives [N, O, H, W] in channels_last memory, bias added
     (the activation is the caller's: the output is a fresh tensor, free to modify in place).
+
+    On a CPU with oneDNN the 36 products run as *one* grouped 1x1 oneDNN convolution (36 groups, the tiles as its
+    pixels) whose weights are reordered once per tile count, with the bias folded in (:func:`grouped_weights`);
+    elsewhere as a batched matrix product (:func:`winograd_conv3x3`).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.u = winograd_weights(weight)  # [36, C, O]
         self.bias = bias
         self.kb, self.ka = _transforms(weight.dtype, weight.device)
+        self._grouped: tuple[torch.Tensor, torch.Tensor] | None = None  # ([36 O, C, 1, 1], [36 O]), built lazily
+        self._packed: dict[int, torch.Tensor] = {}  # tiles -> the grouped weights in oneDNN's layout
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return winograd_conv3x3(x, self.u, self.bias, transforms=(self.kb, self.ka))
+        if not _onednn_ok(x, self.u):
+            return winograd_conv3x3(x, self.u, self.bias, transforms=(self.kb, self.ka))
+        if self._grouped is None:
+            self._grouped = grouped_weights(self.u, self.bias)
+        weight, bias = self._grouped
+        c = self.u.shape[1]
+        tiles = x.shape[0] * -(-x.shape[2] // TILE) * -(-x.shape[3] // TILE)
+        packed = self._packed.get(tiles)
+        if packed is None:  # oneDNN's layout depends on the problem size; a few sizes are kept (memory bound)
+            if len(self._packed) >= _MAX_PACKED:
+                del self._packed[next(iter(self._packed))]
+            packed = torch.ops.mkldnn._reorder_convolution_weight(weight, [0, 0], [1, 1], [1, 1], 36,
+                                                                  [1, 36 * c, tiles, 1])
+            self._packed[tiles] = packed
+
+        def products(v: torch.Tensor) -> torch.Tensor:  # [T, 36, C] -> [T, 36, O]
+            t = v.shape[0]
+            pixels = v.view(1, t, 1, 36 * c).permute(0, 3, 1, 2)  # NHWC [1, 36 C, T, 1]: a view, no copy
+            out = torch.ops.mkldnn._convolution_pointwise(pixels, packed, bias, [0, 0], [1, 1], [1, 1], 36,
+                                                          "none", [], "")
+            return out.permute(0, 2, 3, 1).reshape(t, 36, -1)  # NHWC memory: a view
+
+        return _winograd(x, products, self.kb, self.ka, None)
+
+
+_MAX_PACKED = 4  # tile counts (input sizes) a Winograd3x3 keeps reordered weights for
+
+
+def _onednn_ok(x: torch.Tensor, u: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == u.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
+def grouped_weights(u: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[36, C, O] transformed weights (and the [O] bias) -> the weights [36 O, C, 1, 1] and bias [36 O] of a
+    grouped 1x1 convolution (36 groups) that computes the 36 products of every tile at once.
+
+    The bias goes to the product of the interpolation point (1, 1) only (tile position 7): the output transform
+    maps that position to every output of the tile with weight 1 (``A^T``'s second column is all ones), so the
+    bias is added inside the products instead of in a pass of its own."""
+    p, c, o = u.shape
+    weight = u.permute(0, 2, 1).reshape(p * o, c, 1, 1).contiguous()
+    grouped_bias = torch.zeros(p, o, dtype=u.dtype, device=u.device)
+    if bias is not None:
+        grouped_bias[7] = bias
+    return weight, grouped_bias.view(-1)
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None, *,
                      transforms: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """``F.conv2d(x, w, bias, stride=1, padding=1)`` computed by F(4x4, 3x3), ``u = winograd_weights(w)``.
+    """``F.conv2d(x, w, bias, stride=1, padding=1)`` computed by F(4x4, 3x3), ``u = winograd_weights(w)``; the
+    36 products run as one batched matrix product (:class:`Winograd3x3` uses oneDNN instead where it can).
 
     Args:
         x: [N, C, H, W] input, any memory format (channels_last avoids a copy).
@@ -110,10 +168,20 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     Returns:
         [N, O, H, W], channels_last memory.
     """
-    n, c, h, w = x.shape
-    if u.shape[:2] != (36, c):
-        raise ValueError(f"transformed weights {tuple(u.shape)} do not fit an input of {c} channels")
+    if u.shape[:2] != (36, x.shape[1]):
+        raise ValueError(f"transformed weights {tuple(u.shape)} do not fit an input of {x.shape[1]} channels")
     kb, ka = transforms if transforms is not None else _transforms(x.dtype, x.device)
+
+    def products(v: torch.Tensor) -> torch.Tensor:  # [T, 36, C] -> [T, 36, O]
+        return torch.bmm(v.transpose(0, 1), u).transpose(0, 1)
+
+    return _winograd(x, products, kb, ka, bias)
+
+
+def _winograd(x: torch.Tensor, products, kb: torch.Tensor, ka: torch.Tensor,
+              bias: torch.Tensor | None) -> torch.Tensor:
+    """The transforms around ``products`` ([T, 36, C] transformed tiles -> [T, 36, O]); see the module docstring."""
+    n, c, h, w = x.shape
     m = TILE
     th, tw = -(-h // m), -(-w // m)  # tiles per column / row
     # Zero padding: 1 for the convolution, plus what completes the last tile.
@@ -121,10 +189,9 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     sn, sh, sw, sc = xp.stride()
     tiles = xp.as_strided((n, th, tw, 6, 6, c), (sn, m * sh, m * sw, sh, sw, sc))
     d = tiles.reshape(n * th * tw, 36, c)  # the overlapping 6x6 tiles, copied: [T, 36, C]
-    v = torch.matmul(kb, d).transpose(0, 1)  # [36, T, C] (a view)
-    prod = torch.bmm(v, u)  # [36, T, O]
+    prod = products(torch.matmul(kb, d))  # [T, 36, O]
     o = prod.shape[-1]
-    y = torch.matmul(ka, prod.transpose(0, 1))  # [T, 16, O]
+    y = torch.matmul(ka, prod)  # [T, 16, O]
     y = y.view(n, th, tw, m, m, o).permute(0, 1, 3, 2, 4, 5).reshape(n, th * m, tw * m, o)
     y = y[:, :h, :w].permute(0, 3, 1, 2)  # [N, O, H, W] view of NHWC memory
     if bias is not None:
