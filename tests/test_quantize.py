@@ -4,6 +4,10 @@ every Darknet layer runs, and ``half`` picks int8 on CPUs without native bf16.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,6 +86,18 @@ def test_no_16_bit_saturation_at_the_activation_levels() -> None:
     out = q(codes)
     # leaky of a positive sum is the sum: levels * 127 * (c * 9 products), times the weight scale 1/127
     assert torch.allclose(out[0, :, 4, 4].double(), torch.tensor(levels * c * 9.0, dtype=torch.float64))
+
+
+def test_oneDNN_held_to_avx2_gets_7_bit_activations_and_stays_exact() -> None:
+    """``ONEDNN_MAX_CPU_ISA=AVX2`` (how an AVX2-only CPU is emulated on a newer one) takes VNNI away from oneDNN's
+    int8 kernels: the levels drop to 127 and the worst case above stays exact, whatever this CPU has."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    code = ("import sys; sys.path.insert(0, 'tests'); import test_quantize as t; "
+            "from yolodet.inference.quantize import activation_levels; assert activation_levels() == 127; "
+            "t.test_no_16_bit_saturation_at_the_activation_levels(); print('exact')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "exact" in done.stdout, done.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ What runs how:
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -52,9 +53,17 @@ def int8_available() -> bool:
     return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise"))
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.
+_NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_vnni() -> bool:
-    """AVX-512 VNNI, AVX-VNNI or AMX int8 in /proc/cpuinfo (False where it cannot be read)."""
+    """Whether oneDNN's int8 kernels use VNNI here: AVX-512 VNNI, AVX-VNNI or AMX int8 in /proc/cpuinfo (False where
+    it cannot be read), unless ``ONEDNN_MAX_CPU_ISA`` holds oneDNN below them (e.g. ``AVX2``: what an AVX2-only CPU
+    runs, also for its 7-bit activations)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_VNNI_ISAS:
+        return False
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
