@@ -69,6 +69,10 @@ def test_bad_shapes_are_refused() -> None:
         winograd_weights(torch.zeros(4, 2, 5, 5))
     with pytest.raises(ValueError, match="8 channels"):
         winograd_conv3x3(torch.zeros(1, 8, 6, 6), winograd_weights(torch.zeros(4, 2, 3, 3)))
+    with pytest.raises(ValueError, match="3x3"):
+        Winograd3x3(torch.zeros(4, 2, 5, 5), None)
+    with pytest.raises(ValueError, match="8 channels"):
+        Winograd3x3(torch.zeros(4, 2, 3, 3), None)(torch.zeros(1, 8, 6, 6))
 
 
 def test_pays_for_wide_mid_resolution_layers_only() -> None:

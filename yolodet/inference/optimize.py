@@ -7,11 +7,15 @@ outputs faster, in fp32 or in a reduced precision.
   ~1e-6 relative);
 - on the CPU, runs each convolution and its activation as *one* oneDNN primitive
   (``mkldnn::_convolution_pointwise``) with the weights reordered once into oneDNN's blocked layout (cached per
-  input shape); leaky, relu, relu6, logistic, swish, tanh and linear fuse, others (mish ...) run after the conv;
-- in fp32 on the CPU, runs the wide mid-resolution 3x3 stride-1 convolutions by Winograd's F(4x4, 3x3)
-  (:mod:`yolodet.inference.winograd`, where :func:`~yolodet.inference.winograd.winograd_pays`; outputs within ~1e-5 relative of the
-  direct convolution): yolov3 at 416 322 -> 265 ms, yolov4 at 608 847 -> 721 ms on a 2-core AVX-512 EPYC, for
-  4x those layers' weights in memory (yolov3 +260 MB, yolov4 at 608 +730 MB; ``winograd=False`` saves it);
+  input shape); leaky, relu, relu6, logistic, swish, tanh and linear fuse; mish runs after the conv in place in
+  three elementwise passes (:func:`~yolodet.inference.frozen.mish_`: PyTorch's ``F.mish`` took 30% of yolov4's
+  time), others (elu, selu ...) as their modules;
+- in fp32 on the CPU, runs the 3x3 stride-1 convolutions with at least 64 channels on mid-sized maps by Winograd's
+  F(4x4, 3x3), its 36 products one grouped oneDNN convolution (:mod:`yolodet.inference.winograd`, where
+  :func:`~yolodet.inference.winograd.winograd_pays`; outputs within ~2e-5 relative of the direct convolution), for
+  4x those layers' weights in memory (``winograd=False`` saves it);
+- on the CPU, keeps freed activation memory in the C heap for the next forward instead of page-faulting it in again
+  (:mod:`yolodet.inference.memory`);
 - runs 2x2/2 ``[maxpool]`` as one elementwise maximum of four strided views (:class:`PairMaxPool`, exact);
 - keeps activations in ``channels_last`` (NHWC), the layout oneDNN and cuDNN convolve fastest;
 - on the CPU, runs a batch one image at a time: the early full-resolution layers of a batch of 8 spill out of the
