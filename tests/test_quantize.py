@@ -20,6 +20,7 @@ from yolodet.inference.frozen import FrozenConv, fold_batchnorm
 from yolodet.inference.optimize import fast_precision, optimize_for_inference, resolve_precision
 from yolodet.inference.preprocess import preprocess
 from yolodet.inference.quantize import QuantConv, QuantizedNet, _quantize, activation_levels, int8_available
+from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.checkpoint import load_model
 from yolodet.modeling.model import Darknet
 
@@ -139,6 +140,15 @@ def test_every_layer_runs(cfg) -> None:
     out = net(x)
     assert [o.shape for o in out] == [r.shape for r in ref]
     assert all(bool(torch.isfinite(o).all()) and o.dtype == torch.float32 for o in out)
+    # Every conv that a detection head reads stays fp32 (its outputs are the boxes and scores); the others that
+    # sum enough products run in int8.
+    layers = net.net.layers
+    head_inputs = {i - 1 for i, layer in enumerate(layers) if isinstance(layer, HeadBlock)}
+    for i, layer in enumerate(layers):
+        if i in head_inputs:
+            assert not isinstance(layer, QuantConv), i
+        elif i > 0 and isinstance(layer, FrozenConv):
+            assert not QuantConv.applies(layer), i  # a conv left fp32 must be one too small for int8
 
 
 def test_half_is_int8_without_native_bf16(monkeypatch, caplog) -> None:

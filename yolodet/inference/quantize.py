@@ -15,7 +15,9 @@ What runs how:
   input activation uint8 per tensor (asymmetric, from the producer's calibrated range); int32 accumulation and the
   bias in oneDNN, fp32 output. relu, relu6 and swish fuse into the int8 convolution; leaky, mish, logistic ... run
   after it in fp32 (oneDNN's int8 convolution has no leaky post-op in torch 2.14). The first convolution (it reads
-  the image, 3 channels: memory-bound, nothing to gain) stays fp32.
+  the image, 3 channels: memory-bound, nothing to gain) stays fp32, and so do the convolutions that feed a
+  detection head (their raw outputs are the boxes and scores; 2% of yolov3-tiny's multiply-adds): on coco128
+  (yolov3-tiny, letterbox, VNNI, calibrated on coco128) that moves AP50 from 0.0035 below fp32 to 0.0001 below.
 - 2x2/2 ``[maxpool]``, nearest ``[upsample]`` and one-input ``[route]`` work on whichever form their input has
   (uint8 or fp32; exact either way: max, copy and slicing commute with a monotonic quantisation).
 - everything else (``[shortcut]``, multi-input ``[route]`` concatenation, other pools, ``[yolo]`` ...) is an fp32
@@ -194,8 +196,10 @@ class QuantizedNet(nn.Module):
                 qps.append(_qparams(*calibration.layer(i), self.levels))
         self.input_qp = _qparams(*calibration.layer(-1), self.levels)
         self.qps = qps
+        head_inputs = {i - 1 for i, layer in enumerate(layers) if isinstance(layer, HeadBlock)}
         for i, layer in enumerate(layers):
-            if i > 0 and isinstance(layer, FrozenConv) and QuantConv.applies(layer):
+            if (i > 0 and i not in head_inputs and isinstance(layer, FrozenConv)
+                    and QuantConv.applies(layer)):
                 layers[i] = QuantConv(layer, qps[i - 1])
 
     @property
