@@ -132,14 +132,14 @@ def mish_(y: torch.Tensor) -> torch.Tensor:
     PyTorch's CPU ``F.mish`` evaluates log1p, exp and tanh per element: 10.6 ms for yolov4's first output
     ([1, 32, 416, 416]) on a 2-core AVX-512 EPYC, 30% of the whole network's time; this is 4 ms, and 0.1 ms more
     than an exp alone. Within 2e-6 of float64 mish (relative above |mish| = 1, absolute below: the cancellation for
-    y << 0, where mish is ~0, costs up to 1.3e-6 near y = -14; fp32 ``F.mish`` stays within 1e-7); for y > 44, ``(1 + e^y)^2`` is inf and the result is y, as Darknet's softplus threshold gives.
+    y << 0, where mish is ~0, costs up to 1.3e-6 near y = -14; fp32 ``F.mish`` stays within 1e-7); for y > 44,
+    ``(1 + e^y)^2`` is inf and the result is y, as Darknet's softplus threshold gives.
     y: a float32 tensor the caller owns (a fresh conv output), any shape and layout; returned.
     """
     e = torch.exp(y)
     e.add_(1)
     torch.addcmul(e.new_ones(()), e, e, out=e)  # (1 + e^y)^2 + 1
     return y.addcdiv_(y, e, value=-2)
-
 
 
 class PairMaxPool(nn.Module):

@@ -22,9 +22,9 @@ reaches 45-100. Measured on one layer at batch 1 (warm, ms, direct oneDNN with f
 it wins.
 
 Accuracy: the transforms add rounding; one layer's outputs stay within ~2e-5 relative of the exact convolution
-(direct: ~1e-6; 512 -> 1024 channels: 1.4e-5), well inside the 1e-4 that the optimised model promises. fp32 only: the transforms amplify
-rounding (entries up to 5 and 8), which bf16's 8 significant bits cannot spare; reduced precisions keep the
-direct convolution.
+(direct: ~1e-6; 512 -> 1024 channels: 1.4e-5), well inside the 1e-4 that the optimised model promises. fp32 only:
+the transforms amplify rounding (entries up to 5 and 8), which bf16's 8 significant bits cannot spare; reduced
+precisions keep the direct convolution.
 """
 
 from __future__ import annotations
