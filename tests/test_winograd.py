@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import SHARED, need_shared, randomize
 from yolodet.modeling.model import Darknet
 from yolodet.inference.optimize import FrozenConv, optimize_for_inference
+from yolodet.inference.packed import onednn_conv_available
 from yolodet.inference.winograd import Winograd3x3, winograd_conv3x3, winograd_pays, winograd_weights
 
 
@@ -41,8 +42,8 @@ def test_equals_direct_convolution(n: int, c: int, o: int, h: int, w: int, chann
 def test_onednn_products_equal_direct_convolution(n: int, c: int, o: int, h: int, w: int, bias: bool) -> None:
     """Winograd3x3 runs the products as a grouped oneDNN convolution with the bias folded into it: the same
     convolution, for any size and batch, and for a second input size (its own reordered weights)."""
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("this PyTorch has no oneDNN")
+    if not onednn_conv_available():
+        pytest.skip("this PyTorch has no oneDNN convolution")
     g = torch.Generator().manual_seed(c * o + h)
     weight = torch.randn(o, c, 3, 3, generator=g) * (9 * c) ** -0.5
     b = torch.randn(o, generator=g) if bias else None
@@ -100,6 +101,8 @@ def test_frozen_conv_uses_it_in_fp32_on_cpu_only_where_it_pays() -> None:
     assert max(_rel_err(o, r) for o, r in zip(out, ref)) < 1e-5
     with torch.no_grad():
         assert not first._use_winograd(x.bfloat16())  # reduced precision keeps the direct convolution
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not first._use_winograd(x)  # the products need oneDNN
     off = optimize_for_inference(model, winograd=False)
     torch.testing.assert_close(off(x), out, rtol=1e-5, atol=1e-5)
     assert all(layer._winograd is None for layer in off.net.layers if isinstance(layer, FrozenConv))

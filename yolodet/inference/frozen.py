@@ -14,12 +14,10 @@ from torch import nn
 from yolodet.modeling.blocks.conv import ConvBlock
 from yolodet.modeling.blocks.structural import MaxPool
 from yolodet.modeling.model import Darknet
+from yolodet.inference.packed import PackedWeights, onednn_conv_available
 from yolodet.inference.winograd import Winograd3x3, winograd_pays
 
 __all__ = ["FrozenConv", "PairMaxPool", "cpu_has_native_bf16", "fold_batchnorm", "mish_"]
-
-_MAX_PACKED = 4  # input sizes a FrozenConv keeps reordered weights for (yolov3: 248 MB each)
-
 
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 convolutions natively on this CPU (else PyTorch emulates them, slowly)."""
@@ -37,11 +35,6 @@ def _fused_attr(act: nn.Module) -> tuple[str, list[float]] | None:
     simple = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.SiLU: "swish", nn.Tanh: "tanh"}
     name = simple.get(type(act))
     return (name, []) if name else None
-
-
-def _mkldnn_conv_ok() -> bool:
-    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
 class FrozenConv(nn.Module):
@@ -66,27 +59,27 @@ class FrozenConv(nn.Module):
         self._attr, self._scalars = fused if fused else ("none", [])
         self._act_after = fused is None or self._attr == "none"
         self._mish = isinstance(block.act, nn.Mish)
-        self._packed: dict[tuple, torch.Tensor] = {}  # input (C, H, W, dtype) -> oneDNN-layout weight
-        self.winograd = winograd  # F(4x4, 3x3) allowed where it pays (fp32 on the CPU)
+        self._packed = PackedWeights()  # input (C, H, W, dtype) -> oneDNN-layout weight
+        self.winograd = winograd  # F(4x4, 3x3) allowed where it pays (fp32 on the CPU, through oneDNN)
         self._winograd: Winograd3x3 | None = None  # built on the first input that pays (fp32 CPU, 3x3 s1 p1)
 
     def darknet_tensors(self) -> list[torch.Tensor]:
         raise TypeError("an optimised (BN-folded) model cannot be saved as Darknet weights; save the original")
 
     def _apply(self, fn, recurse=True):  # .to()/.half()/...: the packed and transformed weights are stale
-        self._packed = {}
+        self._packed = PackedWeights()
         self._winograd = None
         return super()._apply(fn, recurse)
 
     def _use_winograd(self, x: torch.Tensor) -> bool:
-        """fp32 on the CPU, a 3x3 stride-1 'same' convolution of a shape where F(4x4, 3x3) is faster."""
+        """fp32 on the CPU with oneDNN, a 3x3 stride-1 'same' convolution of a shape where F(4x4, 3x3) is faster."""
         return (self.winograd and x.dtype == self.weight.dtype == torch.float32 and x.device.type == "cpu"
-                and self.weight.shape[-2:] == (3, 3)
+                and onednn_conv_available() and self.weight.shape[-2:] == (3, 3)
                 and self.stride == (1, 1) and self.padding == (1, 1) and self.dilation == (1, 1)
                 and self.groups == 1 and winograd_pays(x.shape[1], self.weight.shape[0], *x.shape[-2:]))
 
     def _use_onednn(self, x: torch.Tensor) -> bool:
-        if x.device.type != "cpu" or x.dtype != self.weight.dtype or not _mkldnn_conv_ok():
+        if x.device.type != "cpu" or x.dtype != self.weight.dtype or not onednn_conv_available():
             return False
         return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu_has_native_bf16())
 
@@ -98,15 +91,8 @@ class FrozenConv(nn.Module):
         if self._use_onednn(x):
             # oneDNN picks the weight layout by input size; the batch size does not change it (measured), the
             # spatial size can (a mismatched layout is reordered on every call: up to 3x slower).
-            key = (*x.shape[1:], x.dtype)
-            packed = self._packed.get(key)
-            if packed is None:
-                if len(self._packed) >= _MAX_PACKED:
-                    del self._packed[next(iter(self._packed))]  # the oldest: bounds memory for varying sizes
-                packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    self.weight, list(self.padding), list(self.stride), list(self.dilation), self.groups,
-                    list(x.shape))
-                self._packed[key] = packed
+            packed = self._packed.get((*x.shape[1:], x.dtype), lambda: torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)))
             y = torch.ops.mkldnn._convolution_pointwise(
                 x, packed, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
                 self._attr, self._scalars, "")

@@ -40,6 +40,7 @@ from torch import nn
 
 from yolodet.inference.calibrate import Calibration
 from yolodet.inference.frozen import FrozenConv, PairMaxPool
+from yolodet.inference.packed import PackedWeights
 from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.blocks.structural import Route, Upsample
 from yolodet.modeling.model import Darknet
@@ -124,7 +125,7 @@ class QuantConv(nn.Module):
         fused = conv._attr in _FUSABLE and not conv._act_after
         self._attr, self._scalars = (conv._attr, conv._scalars) if fused else ("none", [])
         self._frozen = None if fused else conv  # its fp32 activation (in place where it can be)
-        self._packed: dict[tuple, torch.Tensor] = {}  # input (C, H, W) -> oneDNN-layout int8 weight
+        self._packed = PackedWeights()  # input (C, H, W) -> oneDNN-layout int8 weight
 
     @staticmethod
     def applies(conv: FrozenConv) -> bool:
@@ -133,15 +134,9 @@ class QuantConv(nn.Module):
 
     def forward(self, q: torch.Tensor, refs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         q = q.contiguous(memory_format=torch.channels_last)
-        key = tuple(q.shape[1:])
-        packed = self._packed.get(key)
-        if packed is None:
-            if len(self._packed) >= 4:
-                del self._packed[next(iter(self._packed))]
-            packed = torch.ops.onednn.qconv_prepack(self.qweight, self.w_scale, self.in_qp[0], self.in_qp[1],
-                                                    self.stride, self.padding, self.dilation, self.groups,
-                                                    list(q.shape))
-            self._packed[key] = packed
+        packed = self._packed.get(tuple(q.shape[1:]), lambda: torch.ops.onednn.qconv_prepack(
+            self.qweight, self.w_scale, self.in_qp[0], self.in_qp[1], self.stride, self.padding, self.dilation,
+            self.groups, list(q.shape)))
         y = torch.ops.onednn.qconv2d_pointwise(q, self.in_qp[0], self.in_qp[1], packed, self.w_scale, self.w_zero,
                                                self.bias, self.stride, self.padding, self.dilation, self.groups,
                                                1.0, 0, torch.float32, self._attr, self._scalars, "")

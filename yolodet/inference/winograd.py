@@ -32,7 +32,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TILE", "Winograd3x3", "grouped_weights", "winograd_conv3x3", "winograd_pays", "winograd_weights"]
+from yolodet.inference.packed import PackedWeights
+
+__all__ = ["TILE", "Winograd3x3", "grouped_bias", "grouped_weights", "winograd_conv3x3", "winograd_pays",
+           "winograd_weights"]
 
 TILE = 4  # output tile side m of F(m x m, 3 x 3); input tiles are m + 2 = 6 wide
 
@@ -89,83 +92,67 @@ def _transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor,
 
 
 class Winograd3x3:
-    """One layer's F(4x4, 3x3) convolution: 3x3 kernel, stride 1, padding 1, no dilation or groups.
+    """One layer's F(4x4, 3x3) convolution on the CPU in fp32: 3x3 kernel, stride 1, padding 1, no dilation or
+    groups; needs oneDNN (:func:`~yolodet.inference.packed.onednn_conv_available`; :func:`winograd_conv3x3` is the
+    same convolution on any device, by a batched matrix product).
 
     Calling it on x [N, C, H, W] (channels_last is fastest) gives [N, O, H, W] in channels_last memory, bias added
-    (the activation is the caller's: the output is a fresh tensor, free to modify in place).
-
-    On a CPU with oneDNN the 36 products run as *one* grouped 1x1 oneDNN convolution (36 groups, the tiles as its
-    pixels) whose weights are reordered once per tile count, with the bias folded in (:func:`grouped_weights`);
-    elsewhere as a batched matrix product (:func:`winograd_conv3x3`). ``weight`` and ``bias`` are kept by reference.
+    (the activation is the caller's: the output is a fresh tensor, free to modify in place). The 36 products run as
+    *one* grouped 1x1 oneDNN convolution (36 groups, the tiles as its pixels, the bias folded in:
+    :func:`grouped_weights`, :func:`grouped_bias`). ``weight`` is kept by reference; the only copy of the
+    transformed weights is oneDNN's packed one per tile count (4x the layer's weights; rebuilt in ~10 ms when a new
+    input size comes).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         if weight.shape[-2:] != (3, 3):
             raise ValueError(f"Winograd F(4x4, 3x3) needs 3x3 kernels, got {tuple(weight.shape)}")
-        self.weight, self.bias = weight, bias  # [O, C, 3, 3], [O]: the caller's tensors, not copies
+        self.weight = weight  # [O, C, 3, 3]: the caller's tensor, not a copy
+        self.bias = grouped_bias(bias, weight.shape[0], weight.dtype, weight.device)  # [36 O]
         self.kb, self.ka = _transforms(weight.dtype, weight.device)
-        self._u: torch.Tensor | None = None  # [36, C, O] for the batched-product path, built on first use
-        self._grouped_bias: torch.Tensor | None = None  # [36 O]
-        # tiles -> the grouped weights in oneDNN's layout: the only copy of the transformed weights kept (4x the
-        # layer's weights), since the plain transformed ones are rebuilt in ~10 ms when a new input size comes.
-        self._packed: dict[int, torch.Tensor] = {}
+        self._packed = PackedWeights()  # tile count -> the grouped weights in oneDNN's layout
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.weight.shape[1]:
-            raise ValueError(f"weights {tuple(self.weight.shape)} do not fit an input of {x.shape[1]} channels")
-        if not _onednn_ok(x, self.weight):
-            if self._u is None:
-                self._u = winograd_weights(self.weight)
-            return winograd_conv3x3(x, self._u, self.bias, transforms=(self.kb, self.ka))
         c = self.weight.shape[1]
+        if x.shape[1] != c:
+            raise ValueError(f"weights {tuple(self.weight.shape)} do not fit an input of {x.shape[1]} channels")
         tiles = x.shape[0] * -(-x.shape[2] // TILE) * -(-x.shape[3] // TILE)
-        packed = self._packed.get(tiles)
-        if packed is None:  # oneDNN's layout depends on the problem size; a few sizes are kept (memory bound)
-            if len(self._packed) >= _MAX_PACKED:
-                del self._packed[next(iter(self._packed))]
-            weight, self._grouped_bias = grouped_weights(winograd_weights(self.weight), self.bias)
-            packed = torch.ops.mkldnn._reorder_convolution_weight(weight, [0, 0], [1, 1], [1, 1], 36,
-                                                                  [1, 36 * c, tiles, 1])
-            self._packed[tiles] = packed
-        bias = self._grouped_bias
+        packed = self._packed.get(tiles, lambda: torch.ops.mkldnn._reorder_convolution_weight(
+            grouped_weights(winograd_weights(self.weight)), [0, 0], [1, 1], [1, 1], 36, [1, 36 * c, tiles, 1]))
 
         def products(v: torch.Tensor) -> torch.Tensor:  # [T, 36, C] -> [T, 36, O]
             t = v.shape[0]
             pixels = v.view(1, t, 1, 36 * c).permute(0, 3, 1, 2)  # NHWC [1, 36 C, T, 1]: a view, no copy
-            out = torch.ops.mkldnn._convolution_pointwise(pixels, packed, bias, [0, 0], [1, 1], [1, 1], 36,
+            out = torch.ops.mkldnn._convolution_pointwise(pixels, packed, self.bias, [0, 0], [1, 1], [1, 1], 36,
                                                           "none", [], "")
             return out.permute(0, 2, 3, 1).reshape(t, 36, -1)  # NHWC memory: a view
 
         return _winograd(x, products, self.kb, self.ka, None)
 
 
-_MAX_PACKED = 4  # tile counts (input sizes) a Winograd3x3 keeps reordered weights for
-
-
-def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
-
-
-def grouped_weights(u: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[36, C, O] transformed weights (and the [O] bias) -> the weights [36 O, C, 1, 1] and bias [36 O] of a
-    grouped 1x1 convolution (36 groups) that computes the 36 products of every tile at once.
-
-    The bias goes to the product of the interpolation point (1, 1) only (tile position 7): the output transform
-    maps that position to every output of the tile with weight 1 (``A^T``'s second column is all ones), so the
-    bias is added inside the products instead of in a pass of its own."""
+def grouped_weights(u: torch.Tensor) -> torch.Tensor:
+    """[36, C, O] transformed weights -> the weights [36 O, C, 1, 1] of a grouped 1x1 convolution (36 groups)
+    that computes the 36 products of every tile at once."""
     p, c, o = u.shape
-    weight = u.permute(0, 2, 1).reshape(p * o, c, 1, 1).contiguous()
-    grouped_bias = torch.zeros(p, o, dtype=u.dtype, device=u.device)
+    return u.permute(0, 2, 1).reshape(p * o, c, 1, 1).contiguous()
+
+
+def grouped_bias(bias: torch.Tensor | None, out_channels: int, dtype: torch.dtype,
+                 device: torch.device) -> torch.Tensor:
+    """A conv's [O] bias (or None) -> the [36 O] bias of :func:`grouped_weights`' convolution: the bias on the
+    product of the interpolation point (1, 1) only (tile position 7), zero elsewhere. The output transform maps that
+    position to every output of the tile with weight 1 (``A^T``'s second column is all ones), so the bias is added
+    inside the products instead of in a pass of its own."""
+    grouped = torch.zeros(36, out_channels, dtype=dtype, device=device)
     if bias is not None:
-        grouped_bias[7] = bias
-    return weight, grouped_bias.view(-1)
+        grouped[7] = bias
+    return grouped.view(-1)
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None, *,
                      transforms: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``F.conv2d(x, w, bias, stride=1, padding=1)`` computed by F(4x4, 3x3), ``u = winograd_weights(w)``; the
-    36 products run as one batched matrix product (:class:`Winograd3x3` uses oneDNN instead where it can).
+    36 products run as one batched matrix product, on any device (:class:`Winograd3x3` runs them in oneDNN).
 
     Args:
         x: [N, C, H, W] input, any memory format (channels_last avoids a copy).
