@@ -8,9 +8,9 @@ already freed. Measured on a 2-core AMD EPYC: yolov4 at 416 355 -> 332 ms per im
 twice as slow with the thresholds pinned at their defaults). ONNX Runtime and OpenVINO avoid the same cost with
 their own arena allocators; PyTorch's CPU allocator is plain ``malloc``.
 
-:func:`keep_freed_memory` raises the mmap threshold to glibc's maximum (32 MiB: larger blocks still map fresh
-pages) and the trim threshold to :data:`TRIM_THRESHOLD`, once per process. The cost: the process keeps up to that
-much freed memory instead of returning it. It is a no-op on other C libraries (musl, macOS, Windows) and when
+:func:`keep_freed_memory` raises the mmap threshold to 32 MiB (the ceiling glibc's dynamic threshold would reach
+by itself; larger blocks still map fresh pages) and the trim threshold to :data:`TRIM_THRESHOLD`, once per
+process. The cost: the process keeps up to that much freed memory instead of returning it. It is a no-op on other C libraries (musl, macOS, Windows) and when
 ``YOLODET_MALLOC=default`` is set in the environment.
 """
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
 
-MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed M_MMAP_THRESHOLD on 64-bit systems
+MMAP_THRESHOLD = 32 << 20  # the ceiling of glibc's own dynamic threshold on 64-bit systems
 TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top that stays mapped
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 
@@ -36,7 +36,7 @@ def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds for inference (see the module docstring), once per process.
 
     Returns:
-        True when the settings took effect, False where they do not apply (not glibc, or opted out).
+        True when they were set, False where they do not apply (not glibc, or opted out).
     """
     if os.environ.get("YOLODET_MALLOC", "").lower() == "default":
         return False
