@@ -14,6 +14,7 @@ from yolodet.inference.calibrate import (Calibration, CalibrationError, calibrat
                                          read_calibration, save_int8)
 from yolodet.inference.detector import Detector
 from yolodet.inference.frozen import fold_batchnorm
+from yolodet.inference.preprocess import preprocess
 from yolodet.inference.quantize import int8_available
 from yolodet.modeling.checkpoint import load_model
 from yolodet.modeling.model import Darknet
@@ -31,7 +32,6 @@ def test_ranges_are_the_mean_of_per_image_extremes() -> None:
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
     cal = calibrate(fold_batchnorm(model), images, img_size=(64, 64), preprocess_mode="darknet-resize")
     assert cal.images == 3 and cal.source == "images" and cal.ranges.shape == (len(model.layers) + 1, 2)
-    from yolodet.inference.preprocess import preprocess
     with torch.no_grad():
         outs = [model.layer_outputs(torch.from_numpy(preprocess(im, (64, 64), "darknet-resize")[0])[None])
                 for im in images]
@@ -64,7 +64,6 @@ def test_calibration_images_are_independent_first_steps() -> None:
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
     cal = calibrate(model, images, img_size=(32, 32), preprocess_mode="darknet-resize")
-    from yolodet.inference.preprocess import preprocess
     x = torch.from_numpy(preprocess(images[1], (32, 32), "darknet-resize")[0])[None]
     with torch.no_grad():
         alone = model(x)[0]  # the second image as a first step: the model's state must be zero here

@@ -44,8 +44,8 @@ import torch
 from torch import nn
 
 from yolodet.inference.calibrate import DEFAULT_NOTE, Calibration, calibrate
-from yolodet.inference.memory import keep_freed_memory
 from yolodet.inference.frozen import FrozenConv, PairMaxPool, cpu_has_native_bf16, fold_batchnorm
+from yolodet.inference.memory import keep_freed_memory
 from yolodet.inference.quantize import QuantizedNet, int8_available, quantize_net
 from yolodet.modeling.model import Darknet
 
