@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Where int8 can and cannot beat fp32 on a CPU: one 3x3 convolution (+ leaky) at a time, the shapes of
+yolov3 and yolov3-tiny at 416, batch 1.
+
+Prints per layer (ms, median of ``--runs`` after warm-up; random weights and inputs):
+
+- **fp32 direct**: yolodet's :class:`~yolodet.inference.frozen.FrozenConv` with Winograd off (oneDNN, leaky fused);
+- **fp32 Winograd**: the same layer by :class:`~yolodet.inference.winograd.Winograd3x3`, F(4x4, 3x3), then leaky
+  (what the fp32 CPU path runs where ``winograd_pays``; measured on every shape here);
+- **int8 direct**: yolodet's :class:`~yolodet.inference.quantize.QuantConv` (oneDNN's int8 kernel, uint8 codes in,
+  then leaky in fp32), the int8 fast mode's layer;
+- **int8 Winograd products**: only the multiply-adds an int8 Winograd would still need (36 products per 4x4 tile
+  for F(4x4, 3x3), 16 per 2x2 tile for F(2x2, 3x3)) on uint8/int8 codes, through the int8 kernels PyTorch exposes:
+  oneDNN's grouped 1x1 int8 convolution (weights packed once, the tiles as its pixels, as the fp32 Winograd path
+  does it) and ``torch._int_mm`` (oneDNN's s8s8s32 GEMM, one per tile position; it repacks the weights on every
+  call);
+- **transforms**: what fp32 Winograd spends outside its products (its time minus that of its 36 fp32 products
+  alone): the input and output transforms an int8 Winograd needs as well (plus quantising the transformed input);
+- **int8 F(4x4) floor**: the faster F(4x4, 3x3) int8 products plus those transforms, a *lower bound* for an int8
+  Winograd built from these kernels: where it is not below int8 direct, no such int8 Winograd is faster.
+
+Run it twice: as is, and with ``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment, which holds oneDNN to what an
+AVX2-only CPU runs (no VNNI: int8 multiply-adds by ``vpmaddubsw`` + ``vpmaddwd``). The header prints the ISA.
+
+Not a test. Usage: ``python bench/int8_conv3x3.py [--runs 30] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+from yolodet.cli.openmp import set_openmp_defaults
+
+set_openmp_defaults()  # as the tools do; must precede `import torch`
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from yolodet.inference.frozen import FrozenConv, fold_batchnorm  # noqa: E402
+from yolodet.inference.quantize import QuantConv, cpu_has_vnni, int8_available  # noqa: E402
+from yolodet.inference.winograd import Winograd3x3, grouped_weights, winograd_pays, winograd_weights  # noqa: E402
+from yolodet.modeling.model import Darknet  # noqa: E402
+
+# (in channels, out channels, map side): every 3x3 stride-1 shape of yolov3 (and yolov3-tiny's 384 -> 256) at 416.
+SHAPES = ((32, 64, 208), (64, 128, 104), (128, 256, 52), (256, 512, 26), (384, 256, 26), (512, 1024, 13))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=30, help="timed calls per column (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    return p
+
+
+def median_ms(fn: Callable[[], object], runs: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def direct_conv(c: int, o: int, side: int) -> FrozenConv:
+    """One BN-folded leaky 3x3 conv, C -> O at side x side, random weights (as a cfg would build it), Winograd off."""
+    cfg = (f"[net]\nwidth={side}\nheight={side}\nchannels={c}\n\n[convolutional]\nbatch_normalize=1\n"
+           f"filters={o}\nsize=3\nstride=1\npad=1\nactivation=leaky\n")
+    torch.manual_seed(0)
+    model = Darknet.from_cfg_text(cfg)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    return fold_batchnorm(model.eval(), winograd=False).layers[0]
+
+
+def int8_products(c: int, o: int, side: int, tile: int, runs: int) -> tuple[float, float]:
+    """(grouped oneDNN int8 conv, torch._int_mm) ms for F(tile x tile, 3x3)'s products alone."""
+    positions = (tile + 2) ** 2
+    tiles = (-(-side // tile)) ** 2
+    w = torch.randint(-127, 128, (positions * o, c, 1, 1), dtype=torch.int8)
+    scales, zeros = torch.full((positions * o,), 1e-3), torch.zeros(positions * o, dtype=torch.int64)
+    bias = torch.zeros(positions * o)
+    pixels = torch.randint(0, 256, (1, positions * c, tiles, 1), dtype=torch.uint8)
+    pixels = pixels.contiguous(memory_format=torch.channels_last)
+    args = ([1, 1], [0, 0], [1, 1], positions)
+    packed = torch.ops.onednn.qconv_prepack(w, scales, 0.05, 64, *args, list(pixels.shape))
+    grouped = median_ms(lambda: torch.ops.onednn.qconv2d_pointwise(
+        pixels, 0.05, 64, packed, scales, zeros, bias, *args, 1.0, 0, torch.float32, "none", [], ""), runs)
+    a = torch.randint(-64, 64, (positions, tiles, c), dtype=torch.int8)
+    b = torch.randint(-127, 128, (positions, c, o), dtype=torch.int8)
+    gemms = median_ms(lambda: [torch._int_mm(a[p], b[p]) for p in range(positions)], runs)
+    return grouped, gemms
+
+
+def fp32_products(conv: FrozenConv, side: int, runs: int) -> float:
+    """ms of F(4x4, 3x3)'s 36 fp32 products alone, as the fp32 Winograd path runs them (grouped 1x1 oneDNN conv)."""
+    o, c = conv.weight.shape[:2]
+    tiles = (-(-side // 4)) ** 2
+    packed = torch.ops.mkldnn._reorder_convolution_weight(
+        grouped_weights(winograd_weights(conv.weight)), [0, 0], [1, 1], [1, 1], 36, [1, 36 * c, tiles, 1])
+    pixels = torch.rand(1, 36 * c, tiles, 1).contiguous(memory_format=torch.channels_last)
+    bias = torch.zeros(36 * o)
+    return median_ms(lambda: torch.ops.mkldnn._convolution_pointwise(
+        pixels, packed, bias, [0, 0], [1, 1], [1, 1], 36, "none", [], ""), runs)
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    if not int8_available():
+        print("this PyTorch build has no oneDNN int8 convolution")
+        return 1
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
+    print(f"oneDNN ISA cap: {isa}; int8 with VNNI: {cpu_has_vnni()}; "
+          f"{args.threads} threads; batch 1\n")
+    print("| C -> O @ map | GMAC | Winograd pays | fp32 direct | fp32 Winograd | int8 direct | int8 / best fp32 "
+          "| F(4x4) products, grouped conv | F(4x4) products, _int_mm | F(2x2) products, grouped conv "
+          "| F(2x2) products, _int_mm | transforms | int8 F(4x4) floor |")
+    print("|---|---:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with torch.inference_mode():
+        for c, o, side in SHAPES:
+            x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
+            direct = direct_conv(c, o, side)
+            wino = Winograd3x3(direct.weight, direct.bias)  # on every shape, also where winograd_pays says no
+            qconv = QuantConv(direct, (1.0 / 255, 0))
+            codes = torch.randint(0, 256, x.shape, dtype=torch.uint8)
+            codes = codes.contiguous(memory_format=torch.channels_last)
+            t_direct = median_ms(lambda: direct(x), args.runs)
+            t_wino = median_ms(lambda: F.leaky_relu_(wino(x), 0.1), args.runs)
+            t_int8 = median_ms(lambda: qconv(codes), args.runs)
+            f4 = int8_products(c, o, side, 4, args.runs)
+            f2 = int8_products(c, o, side, 2, args.runs)
+            transforms = t_wino - fp32_products(direct, side, args.runs)
+            gmac = 9 * c * o * side * side / 1e9
+            pays = "yes" if winograd_pays(c, o, side, side) else "no"
+            print(f"| {c} -> {o} @ {side} | {gmac:.2f} | {pays} | {t_direct:.2f} | {t_wino:.2f} | {t_int8:.2f} | "
+                  f"{t_int8 / min(t_direct, t_wino):.2f} | {f4[0]:.2f} | {f4[1]:.2f} | {f2[0]:.2f} | {f2[1]:.2f} | "
+                  f"{transforms:.2f} | {min(f4) + transforms:.2f} |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(get_args_parser().parse_args()))
