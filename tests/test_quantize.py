@@ -19,7 +19,8 @@ from yolodet.inference.calibrate import calibrate
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm
 from yolodet.inference.optimize import fast_precision, optimize_for_inference, resolve_precision
 from yolodet.inference.preprocess import preprocess
-from yolodet.inference.quantize import QuantConv, QuantizedNet, _quantize, activation_levels, int8_available
+from yolodet.inference.quantize import (QuantConv, QuantizedNet, _quantize, cpu_has_vnni, int8_available,
+                                       int8_weight_scales)
 from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.checkpoint import load_model
 from yolodet.modeling.model import Darknet
@@ -28,9 +29,9 @@ pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch has n
 SAMPLE = ROOT / "yolodet" / "assets" / "zebras.jpg"
 
 
-def _fake_quant(x: torch.Tensor, qp: tuple[float, int], levels: int) -> torch.Tensor:
+def _fake_quant(x: torch.Tensor, qp: tuple[float, int]) -> torch.Tensor:
     scale, zero = qp
-    return (torch.clamp(torch.round(x / scale) + zero, 0, levels) - zero) * scale
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
 def _simulated(net: QuantizedNet, folded: Darknet, x: torch.Tensor) -> list[torch.Tensor]:
@@ -41,7 +42,7 @@ def _simulated(net: QuantizedNet, folded: Darknet, x: torch.Tensor) -> list[torc
         refs = [saved[s] for s in layer.sources]
         q = net.layers[i]
         if isinstance(q, QuantConv):
-            xin = _fake_quant(x.double(), q.in_qp, net.levels)
+            xin = _fake_quant(x.double(), q.in_qp)
             w = q.qweight.double() * q.w_scale.double().view(-1, 1, 1, 1)
             y = F.conv2d(xin, w, q.bias.double(), q.stride, q.padding, q.dilation, q.groups).float()
             x = layer._activate_(y)
@@ -58,10 +59,10 @@ def test_quant_conv_is_integer_arithmetic() -> None:
     conv = next(layer for i, layer in enumerate(folded.layers) if i > 0 and isinstance(layer, FrozenConv))
     c = conv.weight.shape[1]
     x = torch.rand(1, c, 16, 16, generator=g) * 3 - 0.5
-    qp, levels = (3.5 / 127, 18), 127
-    codes = _quantize(x.contiguous(memory_format=torch.channels_last), qp, levels)
-    assert codes.dtype == torch.uint8 and int(codes.max()) <= levels
-    assert torch.equal(codes.to(torch.int64), torch.clamp(torch.round(x / qp[0]) + qp[1], 0, levels).long())
+    qp = (3.5 / 255, 36)
+    codes = _quantize(x.contiguous(memory_format=torch.channels_last), qp)
+    assert codes.dtype == torch.uint8
+    assert torch.equal(codes.to(torch.int64), torch.clamp(torch.round(x / qp[0]) + qp[1], 0, 255).long())
     q = QuantConv(conv, qp)
     out = q(codes)
     # The same integers in float64: sum of (code - zero) * int8 weight, times both scales, plus the bias.
@@ -71,31 +72,55 @@ def test_quant_conv_is_integer_arithmetic() -> None:
     assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
-def test_no_16_bit_saturation_at_the_activation_levels() -> None:
-    """The worst case: every code at the top level, every weight 127. Without VNNI, oneDNN sums pairs of u8 x s8
-    products in 16 bits (``vpmaddubsw``), which saturates for 8-bit codes; the levels must keep it exact."""
-    levels = activation_levels()
+def test_weight_scales_bound_every_pair_of_codes() -> None:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(16, 8, 3, 3, generator=g)
+    w[3] = 0.5
+    w[3, 0, 0, 0] = -1.0  # one weight twice as large as the rest
+    w[5] = 0.0  # an all-zero channel gets a finite scale
+    vnni = int8_weight_scales(w, vnni=True)
+    assert torch.allclose(vnni[:5], w[:5].abs().amax((1, 2, 3)) / 127)
+    pairs = int8_weight_scales(w, vnni=False)
+    codes = torch.round(w / pairs.view(-1, 1, 1, 1)).abs().flatten(1)
+    assert int(codes.topk(2, dim=1).values.sum(1).max()) <= 128  # any two codes of a channel
+    assert int(codes[3].max()) == 85 and int(codes[3].min()) == 43  # 1.0 and 0.5 of 1.5 / 127.99
+    assert bool(torch.isfinite(pairs).all()) and bool((pairs > 0).all())
+
+
+@pytest.mark.parametrize("weights", ["equal", "one-large", "random-signs"])
+def test_no_16_bit_saturation_at_full_codes(weights: str) -> None:
+    """The worst case: every activation code 255. Without VNNI, oneDNN adds pairs of u8 x s8 products in 16 bits
+    (``vpmaddubsw``), which saturates for 255 x 127; the weight scales must keep the result exact."""
     conv = fold_batchnorm(randomize(Darknet.from_cfg(FIXTURES / "tiny.cfg"), seed=0).eval()).layers[2]
     assert isinstance(conv, FrozenConv)
     with torch.no_grad():
-        conv.weight.fill_(1.0)
         conv.bias.zero_()
+        if weights == "random-signs":
+            conv.weight.copy_(torch.randint(0, 2, conv.weight.shape, generator=torch.Generator().manual_seed(0)) * 2.0
+                              - 1.0)
+        else:
+            conv.weight.fill_(1.0 if weights == "equal" else 0.5)
+            if weights == "one-large":
+                conv.weight[:, :, 1, 1] = 1.0
     c = conv.weight.shape[1]
     q = QuantConv(conv, (1.0, 0))
-    assert int(q.qweight.min()) == 127
-    codes = torch.full((1, c, 8, 8), levels, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    codes = torch.full((1, c, 8, 8), 255, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     out = q(codes)
-    # leaky of a positive sum is the sum: levels * 127 * (c * 9 products), times the weight scale 1/127
-    assert torch.allclose(out[0, :, 4, 4].double(), torch.tensor(levels * c * 9.0, dtype=torch.float64))
+    # At an inner pixel all 9 taps see code 255: 255 * (sum of the channel's int8 weights) * its weight scale.
+    exact = 255.0 * q.qweight.double().sum((1, 2, 3)) * q.w_scale.double()
+    ref = conv._activate_(exact.float().view(1, -1, 1, 1))[0, :, 0, 0]
+    assert torch.allclose(out[0, :, 4, 4], ref, rtol=1e-6, atol=1e-6), (out[0, :, 4, 4] - ref).abs().max()
 
 
-def test_oneDNN_held_to_avx2_gets_7_bit_activations_and_stays_exact() -> None:
+def test_oneDNN_held_to_avx2_stays_exact() -> None:
     """``ONEDNN_MAX_CPU_ISA=AVX2`` (how an AVX2-only CPU is emulated on a newer one) takes VNNI away from oneDNN's
-    int8 kernels: the levels drop to 127 and the worst case above stays exact, whatever this CPU has."""
+    int8 kernels: the pair-bounded weight scales apply and the worst cases above stay exact, whatever this CPU
+    has."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     code = ("import sys; sys.path.insert(0, 'tests'); import test_quantize as t; "
-            "from yolodet.inference.quantize import activation_levels; assert activation_levels() == 127; "
-            "t.test_no_16_bit_saturation_at_the_activation_levels(); print('exact')")
+            "from yolodet.inference.quantize import cpu_has_vnni; assert not cpu_has_vnni(); "
+            "[t.test_no_16_bit_saturation_at_full_codes(w) for w in ('equal', 'one-large', 'random-signs')]; "
+            "print('exact')")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "exact" in done.stdout, done.stderr[-2000:]
@@ -115,9 +140,9 @@ def test_int8_close_to_fp32_on_official_tiny_weights() -> None:
         sim = _simulated(int8.net, fold_batchnorm(model), x)
     for o, r, s in zip(out, ref, sim):
         err, sim_err = float((o - r).abs().mean()), float((s - r).abs().mean())
-        # What 7-bit activations and int8 weights cost by themselves (the fp64 simulation) bounds the kernels' cost
-        # from above, with 25% slack for codes a rounding tie sends the other way; and the kernels must track the
-        # simulation much more closely than either tracks fp32.
+        # What the activation codes and int8 weights cost by themselves (the fp64 simulation) bounds the kernels'
+        # cost from above, with 25% slack for codes a rounding tie sends the other way; and the kernels must track
+        # the simulation much more closely than either tracks fp32.
         assert err <= 1.25 * sim_err, (err, sim_err)
         assert float((o - s).abs().mean()) <= 0.5 * sim_err
         assert err < 0.05 * float(r.abs().mean())  # and the cost itself is small next to the logits

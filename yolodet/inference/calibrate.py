@@ -4,8 +4,8 @@ images and keep, for every layer, the range of its output.
 A :class:`Calibration` holds one ``(low, high)`` per layer output plus the network input: the mean over the
 calibration images of each image's minimum and maximum (the average of per-image extremes, as PyTorch's
 ``MovingAverageMinMaxObserver`` keeps it: one image with a rare outlier does not stretch a layer's range for all,
-and values outside the range are clamped). The ranges are stored, not the quantisation parameters derived from
-them, so one calibration file serves CPUs with and without VNNI (which quantise activations to 8 or 7 bits).
+and values outside the range are clamped). The ranges are stored, not the quantised model: one calibration file
+serves CPUs with and without VNNI, whose int8 weight scales differ (they are computed when the model is built).
 
 Calibration sources: a folder of images (``.jpg``, ``.png`` ...; at least 1, a few dozen from the deployment's own
 domain is best), a list of RGB uint8 images, or ``None``: the bundled sample image (``yolodet/assets/zebras.jpg``)
