@@ -42,7 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm  # noqa: E402
 from yolodet.inference.quantize import QuantConv, cpu_has_vnni, int8_available  # noqa: E402
-from yolodet.inference.winograd import Winograd3x3, grouped_weights, winograd_pays, winograd_weights  # noqa: E402
+from yolodet.inference.winograd import Winograd3x3, winograd_pays  # noqa: E402
 from yolodet.modeling.model import Darknet  # noqa: E402
 
 # (in channels, out channels, map side): every 3x3 stride-1 shape of yolov3 (and yolov3-tiny's 384 -> 256) at 416.
@@ -97,16 +97,12 @@ def int8_products(c: int, o: int, side: int, tile: int, runs: int) -> tuple[floa
     return grouped, gemms
 
 
-def fp32_products(conv: FrozenConv, side: int, runs: int) -> float:
-    """ms of F(4x4, 3x3)'s 36 fp32 products alone, as the fp32 Winograd path runs them (grouped 1x1 oneDNN conv)."""
-    o, c = conv.weight.shape[:2]
+def fp32_products(wino: Winograd3x3, side: int, runs: int) -> float:
+    """ms of F(4x4, 3x3)'s 36 fp32 products alone, as the fp32 Winograd path runs them (:meth:`Winograd3x3.products`,
+    a grouped 1x1 oneDNN convolution), on random transformed tiles."""
     tiles = (-(-side // 4)) ** 2
-    packed = torch.ops.mkldnn._reorder_convolution_weight(
-        grouped_weights(winograd_weights(conv.weight)), [0, 0], [1, 1], [1, 1], 36, [1, 36 * c, tiles, 1])
-    pixels = torch.rand(1, 36 * c, tiles, 1).contiguous(memory_format=torch.channels_last)
-    bias = torch.zeros(36 * o)
-    return median_ms(lambda: torch.ops.mkldnn._convolution_pointwise(
-        pixels, packed, bias, [0, 0], [1, 1], [1, 1], 36, "none", [], ""), runs)
+    v = torch.rand(tiles, 36, wino.weight.shape[1])
+    return median_ms(lambda: wino.products(v), runs)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -134,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
             t_int8 = median_ms(lambda: qconv(codes), args.runs)
             f4 = int8_products(c, o, side, 4, args.runs)
             f2 = int8_products(c, o, side, 2, args.runs)
-            transforms = t_wino - fp32_products(direct, side, args.runs)
+            transforms = t_wino - fp32_products(wino, side, args.runs)
             gmac = 9 * c * o * side * side / 1e9
             pays = "yes" if winograd_pays(c, o, side, side) else "no"
             print(f"| {c} -> {o} @ {side} | {gmac:.2f} | {pays} | {t_direct:.2f} | {t_wino:.2f} | {t_int8:.2f} | "

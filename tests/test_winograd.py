@@ -1,5 +1,6 @@
-"""yolodet.winograd: F(4x4, 3x3) computes F.conv2d(stride 1, padding 1) within fp32 rounding, for any size (not
-only multiples of the 4x4 tile), batch and memory format; the optimised model uses it where it pays."""
+"""yolodet.inference.winograd: Winograd3x3 (F(4x4, 3x3)) computes F.conv2d(stride 1, padding 1) within fp32
+rounding, for any size (not only multiples of the 4x4 tile), batch and memory format; the optimised model uses it
+where it pays."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ from conftest import SHARED, need_shared, randomize
 from yolodet.modeling.model import Darknet
 from yolodet.inference.optimize import FrozenConv, optimize_for_inference
 from yolodet.inference.packed import onednn_conv_available
-from yolodet.inference.winograd import Winograd3x3, winograd_conv3x3, winograd_pays, winograd_weights
+from yolodet.inference.winograd import Winograd3x3, winograd_pays, winograd_weights
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref).abs().max() / ref.abs().max())
 
 
+needs_onednn = pytest.mark.skipif(not onednn_conv_available(), reason="this PyTorch has no oneDNN convolution")
+
+
 @pytest.mark.parametrize(("n", "c", "o", "h", "w"), [(1, 128, 256, 26, 26), (2, 8, 16, 13, 17), (1, 3, 5, 1, 1),
                                                      (1, 16, 4, 4, 8), (3, 32, 32, 19, 6)])
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@needs_onednn
 def test_equals_direct_convolution(n: int, c: int, o: int, h: int, w: int, channels_last: bool, bias: bool) -> None:
     g = torch.Generator().manual_seed(c * o + h)
     x = torch.randn(n, c, h, w, generator=g)
@@ -30,7 +35,7 @@ def test_equals_direct_convolution(n: int, c: int, o: int, h: int, w: int, chann
     weight = torch.randn(o, c, 3, 3, generator=g) * (9 * c) ** -0.5
     b = torch.randn(o, generator=g) if bias else None
     ref = F.conv2d(x.double(), weight.double(), None if b is None else b.double(), padding=1)
-    out = winograd_conv3x3(x, winograd_weights(weight), b)
+    out = Winograd3x3(weight, b)(x)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert _rel_err(out, ref) < 2e-5  # direct fp32: ~1e-6; the transforms add about a decimal digit
@@ -39,11 +44,10 @@ def test_equals_direct_convolution(n: int, c: int, o: int, h: int, w: int, chann
 @pytest.mark.parametrize(("n", "c", "o", "h", "w"), [(1, 64, 128, 13, 13), (2, 8, 16, 13, 17), (1, 3, 5, 1, 1),
                                                      (3, 32, 24, 19, 6), (1, 16, 8, 16, 16)])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_onednn_products_equal_direct_convolution(n: int, c: int, o: int, h: int, w: int, bias: bool) -> None:
-    """Winograd3x3 runs the products as a grouped oneDNN convolution with the bias folded into it: the same
-    convolution, for any size and batch, and for a second input size (its own reordered weights)."""
-    if not onednn_conv_available():
-        pytest.skip("this PyTorch has no oneDNN convolution")
+@needs_onednn
+def test_a_second_input_size_gets_its_own_packed_weights(n: int, c: int, o: int, h: int, w: int, bias: bool) -> None:
+    """Winograd3x3 runs the products as a grouped oneDNN convolution with the bias folded into it, its weights
+    packed per tile count: a second input size is the same convolution again."""
     g = torch.Generator().manual_seed(c * o + h)
     weight = torch.randn(o, c, 3, 3, generator=g) * (9 * c) ** -0.5
     b = torch.randn(o, generator=g) if bias else None
@@ -57,19 +61,18 @@ def test_onednn_products_equal_direct_convolution(n: int, c: int, o: int, h: int
     assert len(conv._packed) == 2  # one reordered weight per tile count
 
 
+@needs_onednn
 def test_transformed_weights_of_a_delta_kernel_are_the_identity_map() -> None:
     """A kernel with a single 1 at its centre copies its input: the transforms are exact inverses of each other."""
     weight = torch.zeros(1, 1, 3, 3)
     weight[0, 0, 1, 1] = 1.0
     x = torch.arange(1.0, 1 + 9 * 11).reshape(1, 1, 9, 11)
-    torch.testing.assert_close(winograd_conv3x3(x, winograd_weights(weight)), x, rtol=0, atol=1e-4)
+    torch.testing.assert_close(Winograd3x3(weight, None)(x), x, rtol=0, atol=1e-4)
 
 
 def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="3x3"):
         winograd_weights(torch.zeros(4, 2, 5, 5))
-    with pytest.raises(ValueError, match="8 channels"):
-        winograd_conv3x3(torch.zeros(1, 8, 6, 6), winograd_weights(torch.zeros(4, 2, 3, 3)))
     with pytest.raises(ValueError, match="3x3"):
         Winograd3x3(torch.zeros(4, 2, 5, 5), None)
     with pytest.raises(ValueError, match="8 channels"):

@@ -34,8 +34,7 @@ import torch.nn.functional as F
 
 from yolodet.inference.packed import PackedWeights
 
-__all__ = ["TILE", "Winograd3x3", "grouped_bias", "grouped_weights", "winograd_conv3x3", "winograd_pays",
-           "winograd_weights"]
+__all__ = ["TILE", "Winograd3x3", "winograd_pays", "winograd_weights"]
 
 TILE = 4  # output tile side m of F(m x m, 3 x 3); input tiles are m + 2 = 6 wide
 
@@ -93,53 +92,62 @@ def _transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor,
 
 class Winograd3x3:
     """One layer's F(4x4, 3x3) convolution on the CPU in fp32: 3x3 kernel, stride 1, padding 1, no dilation or
-    groups; needs oneDNN (:func:`~yolodet.inference.packed.onednn_conv_available`; :func:`winograd_conv3x3` is the
-    same convolution on any device, by a batched matrix product).
+    groups; needs oneDNN (:func:`~yolodet.inference.packed.onednn_conv_available`).
 
-    Calling it on x [N, C, H, W] (channels_last is fastest) gives [N, O, H, W] in channels_last memory, bias added
-    (the activation is the caller's: the output is a fresh tensor, free to modify in place). The 36 products run as
-    *one* grouped 1x1 oneDNN convolution (36 groups, the tiles as its pixels, the bias folded in:
-    :func:`grouped_weights`, :func:`grouped_bias`). ``weight`` is kept by reference; the only copy of the
-    transformed weights is oneDNN's packed one per tile count (4x the layer's weights; rebuilt in ~10 ms when a new
-    input size comes).
+    Calling it on x [N, C, H, W] (any memory format; channels_last avoids a copy) gives [N, O, H, W] in channels_last
+    memory, bias added (the activation is the caller's: the output is a fresh tensor, free to modify in place). The
+    36 products run as *one* grouped 1x1 oneDNN convolution (:meth:`products`: 36 groups, the tiles as its pixels,
+    the bias folded in). ``weight`` is kept by reference; the only copy of the transformed weights is oneDNN's
+    packed one per tile count (4x the layer's weights; rebuilt in ~10 ms when a new input size comes).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         if weight.shape[-2:] != (3, 3):
             raise ValueError(f"Winograd F(4x4, 3x3) needs 3x3 kernels, got {tuple(weight.shape)}")
         self.weight = weight  # [O, C, 3, 3]: the caller's tensor, not a copy
-        self.bias = grouped_bias(bias, weight.shape[0], weight.dtype, weight.device)  # [36 O]
+        self.bias = _grouped_bias(bias, weight.shape[0], weight.dtype, weight.device)  # [36 O]
         self.kb, self.ka = _transforms(weight.dtype, weight.device)
         self._packed = PackedWeights()  # tile count -> the grouped weights in oneDNN's layout
 
+    def products(self, v: torch.Tensor) -> torch.Tensor:
+        """The 36 products of every tile, bias included: transformed tiles v [T, 36, C] (contiguous) ->
+        [T, 36, O] (a view of NHWC memory)."""
+        t, c = v.shape[0], self.weight.shape[1]
+        packed = self._packed.get(t, lambda: torch.ops.mkldnn._reorder_convolution_weight(
+            _grouped_weights(winograd_weights(self.weight)), [0, 0], [1, 1], [1, 1], 36, [1, 36 * c, t, 1]))
+        pixels = v.view(1, t, 1, 36 * c).permute(0, 3, 1, 2)  # NHWC [1, 36 C, T, 1]: a view, no copy
+        out = torch.ops.mkldnn._convolution_pointwise(pixels, packed, self.bias, [0, 0], [1, 1], [1, 1], 36,
+                                                      "none", [], "")
+        return out.permute(0, 2, 3, 1).reshape(t, 36, -1)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.weight.shape[1]
-        if x.shape[1] != c:
-            raise ValueError(f"weights {tuple(self.weight.shape)} do not fit an input of {x.shape[1]} channels")
-        tiles = x.shape[0] * -(-x.shape[2] // TILE) * -(-x.shape[3] // TILE)
-        packed = self._packed.get(tiles, lambda: torch.ops.mkldnn._reorder_convolution_weight(
-            grouped_weights(winograd_weights(self.weight)), [0, 0], [1, 1], [1, 1], 36, [1, 36 * c, tiles, 1]))
+        n, c, h, w = x.shape
+        if c != self.weight.shape[1]:
+            raise ValueError(f"weights {tuple(self.weight.shape)} do not fit an input of {c} channels")
+        m = TILE
+        th, tw = -(-h // m), -(-w // m)  # tiles per column / row
+        # Zero padding: 1 for the convolution, plus what completes the last tile.
+        xp = F.pad(x, (1, tw * m + 1 - w, 1, th * m + 1 - h)).permute(0, 2, 3, 1)  # [N, Hp, Wp, C] view
+        sn, sh, sw, sc = xp.stride()
+        tiles = xp.as_strided((n, th, tw, 6, 6, c), (sn, m * sh, m * sw, sh, sw, sc))
+        d = tiles.reshape(n * th * tw, 36, c)  # the overlapping 6x6 tiles, copied: [T, 36, C]
+        prod = self.products(torch.matmul(self.kb, d))  # [T, 36, O]
+        o = prod.shape[-1]
+        y = torch.matmul(self.ka, prod)  # [T, 16, O]
+        y = y.view(n, th, tw, m, m, o).permute(0, 1, 3, 2, 4, 5).reshape(n, th * m, tw * m, o)
+        return y[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # [N, O, H, W]
 
-        def products(v: torch.Tensor) -> torch.Tensor:  # [T, 36, C] -> [T, 36, O]
-            t = v.shape[0]
-            pixels = v.view(1, t, 1, 36 * c).permute(0, 3, 1, 2)  # NHWC [1, 36 C, T, 1]: a view, no copy
-            out = torch.ops.mkldnn._convolution_pointwise(pixels, packed, self.bias, [0, 0], [1, 1], [1, 1], 36,
-                                                          "none", [], "")
-            return out.permute(0, 2, 3, 1).reshape(t, 36, -1)  # NHWC memory: a view
 
-        return _winograd(x, products, self.kb, self.ka, None)
-
-
-def grouped_weights(u: torch.Tensor) -> torch.Tensor:
+def _grouped_weights(u: torch.Tensor) -> torch.Tensor:
     """[36, C, O] transformed weights -> the weights [36 O, C, 1, 1] of a grouped 1x1 convolution (36 groups)
     that computes the 36 products of every tile at once."""
     p, c, o = u.shape
     return u.permute(0, 2, 1).reshape(p * o, c, 1, 1).contiguous()
 
 
-def grouped_bias(bias: torch.Tensor | None, out_channels: int, dtype: torch.dtype,
-                 device: torch.device) -> torch.Tensor:
-    """A conv's [O] bias (or None) -> the [36 O] bias of :func:`grouped_weights`' convolution: the bias on the
+def _grouped_bias(bias: torch.Tensor | None, out_channels: int, dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor:
+    """A conv's [O] bias (or None) -> the [36 O] bias of :func:`_grouped_weights`' convolution: the bias on the
     product of the interpolation point (1, 1) only (tile position 7), zero elsewhere. The output transform maps that
     position to every output of the tile with weight 1 (``A^T``'s second column is all ones), so the bias is added
     inside the products instead of in a pass of its own."""
@@ -147,48 +155,3 @@ def grouped_bias(bias: torch.Tensor | None, out_channels: int, dtype: torch.dtyp
     if bias is not None:
         grouped[7] = bias
     return grouped.view(-1)
-
-
-def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None, *,
-                     transforms: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """``F.conv2d(x, w, bias, stride=1, padding=1)`` computed by F(4x4, 3x3), ``u = winograd_weights(w)``; the
-    36 products run as one batched matrix product, on any device (:class:`Winograd3x3` runs them in oneDNN).
-
-    Args:
-        x: [N, C, H, W] input, any memory format (channels_last avoids a copy).
-        u: [36, C, O] transformed weights.
-        bias: [O] or None.
-        transforms: the ([36, 36], [16, 36]) transform matrices in ``x``'s dtype/device (built when None).
-
-    Returns:
-        [N, O, H, W], channels_last memory.
-    """
-    if u.shape[:2] != (36, x.shape[1]):
-        raise ValueError(f"transformed weights {tuple(u.shape)} do not fit an input of {x.shape[1]} channels")
-    kb, ka = transforms if transforms is not None else _transforms(x.dtype, x.device)
-
-    def products(v: torch.Tensor) -> torch.Tensor:  # [T, 36, C] -> [T, 36, O]
-        return torch.bmm(v.transpose(0, 1), u).transpose(0, 1)
-
-    return _winograd(x, products, kb, ka, bias)
-
-
-def _winograd(x: torch.Tensor, products, kb: torch.Tensor, ka: torch.Tensor,
-              bias: torch.Tensor | None) -> torch.Tensor:
-    """The transforms around ``products`` ([T, 36, C] transformed tiles -> [T, 36, O]); see the module docstring."""
-    n, c, h, w = x.shape
-    m = TILE
-    th, tw = -(-h // m), -(-w // m)  # tiles per column / row
-    # Zero padding: 1 for the convolution, plus what completes the last tile.
-    xp = F.pad(x, (1, tw * m + 1 - w, 1, th * m + 1 - h)).permute(0, 2, 3, 1)  # [N, Hp, Wp, C] view
-    sn, sh, sw, sc = xp.stride()
-    tiles = xp.as_strided((n, th, tw, 6, 6, c), (sn, m * sh, m * sw, sh, sw, sc))
-    d = tiles.reshape(n * th * tw, 36, c)  # the overlapping 6x6 tiles, copied: [T, 36, C]
-    prod = products(torch.matmul(kb, d))  # [T, 36, O]
-    o = prod.shape[-1]
-    y = torch.matmul(ka, prod)  # [T, 16, O]
-    y = y.view(n, th, tw, m, m, o).permute(0, 1, 3, 2, 4, 5).reshape(n, th * m, tw * m, o)
-    y = y[:, :h, :w].permute(0, 3, 1, 2)  # [N, O, H, W] view of NHWC memory
-    if bias is not None:
-        return torch.add(y, bias.view(1, -1, 1, 1))  # also makes a cropped view dense again
-    return y.contiguous(memory_format=torch.channels_last)
