@@ -51,7 +51,7 @@ from yolodet.inference.optimize import (
     resolve_precision,
 )
 from yolodet.inference.postprocess import Detections  # noqa: E402
-from yolodet.inference.quantize import cpu_has_vnni, int8_weight_scales  # noqa: E402
+from yolodet.inference.quantize import cpu_has_vnni, int8_weights  # noqa: E402
 
 from _coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
 
@@ -119,8 +119,8 @@ def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | N
             if isinstance(layer, FrozenConv):
                 w = layer.weight
                 if g is None and fast == "int8":
-                    scale = int8_weight_scales(w, cpu_has_vnni()).view(-1, 1, 1, 1)
-                    w.copy_(torch.round(w / scale).clamp_(-127, 127) * scale)
+                    codes, scale = int8_weights(w, cpu_has_vnni())
+                    w.copy_(codes.float() * scale.view(-1, 1, 1, 1))
                 elif g is None:
                     w.copy_(w.bfloat16().float())
                 else:

@@ -20,7 +20,7 @@ from yolodet.inference.frozen import FrozenConv, fold_batchnorm
 from yolodet.inference.optimize import fast_precision, optimize_for_inference, resolve_precision
 from yolodet.inference.preprocess import preprocess
 from yolodet.inference.quantize import (QuantConv, QuantizedNet, _quantize, cpu_has_vnni, int8_available,
-                                       int8_weight_scales)
+                                       int8_weights)
 from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.checkpoint import load_model
 from yolodet.modeling.model import Darknet
@@ -78,10 +78,12 @@ def test_weight_scales_bound_every_pair_of_codes() -> None:
     w[3] = 0.5
     w[3, 0, 0, 0] = -1.0  # one weight twice as large as the rest
     w[5] = 0.0  # an all-zero channel gets a finite scale
-    vnni = int8_weight_scales(w, vnni=True)
+    vnni_codes, vnni = int8_weights(w, vnni=True)
     assert torch.allclose(vnni[:5], w[:5].abs().amax((1, 2, 3)) / 127)
-    pairs = int8_weight_scales(w, vnni=False)
-    codes = torch.round(w / pairs.view(-1, 1, 1, 1)).abs().flatten(1)
+    assert vnni_codes.dtype == torch.int8 and int(vnni_codes[:5].abs().flatten(1).amax(1).min()) == 127
+    codes, pairs = int8_weights(w, vnni=False)
+    assert codes.dtype == torch.int8 and codes.shape == w.shape
+    codes = codes.float().abs().flatten(1)
     assert int(codes.topk(2, dim=1).values.sum(1).max()) <= 128  # any two codes of a channel
     assert int(codes[3].max()) == 85 and int(codes[3].min()) == 43  # 1.0 and 0.5 of 1.5 / 127.99
     assert bool(torch.isfinite(pairs).all()) and bool((pairs > 0).all())

@@ -26,7 +26,7 @@ What runs how:
   u8 x s8 pairs with ``vpmaddubsw``, which adds two products in 16 bits: 8-bit activations times 8-bit weights
   can saturate there. PyTorch's x86 qconfig gives up a bit of every activation for it (``reduce_range``), ONNX
   Runtime a bit of every weight. Here each output channel's weight scale instead keeps its two largest |weights|
-  at most 128 codes *together* (:func:`int8_weight_scales`): whichever two products oneDNN pairs (both weights
+  at most 128 codes *together* (:func:`int8_weights`): whichever two products oneDNN pairs (both weights
   belong to one output channel), their sum is at most 255 * 128 = 32640, exact for every input. On yolov3-tiny the
   largest weight keeps ~69 of 127 codes. The head outputs move less than with 7-bit activations (AVX2, coco128,
   both preprocessings, both calibrations: mean score error -12 to -18%, box error -20 to -29%) and, on three of
@@ -51,7 +51,7 @@ from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.blocks.structural import Route, Upsample
 from yolodet.modeling.model import Darknet
 
-__all__ = ["QuantConv", "QuantizedNet", "cpu_has_vnni", "int8_available", "int8_weight_scales", "quantize_net"]
+__all__ = ["QuantConv", "QuantizedNet", "cpu_has_vnni", "int8_available", "int8_weights", "quantize_net"]
 
 _FUSABLE = {"none", "relu", "hardtanh", "swish"}  # oneDNN int8 convolution post-ops (torch 2.14)
 _MIN_REDUCTION = 32  # a conv summing fewer products per output (in_channels/groups * k * k) stays fp32
@@ -70,7 +70,7 @@ _NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
 def cpu_has_vnni() -> bool:
     """Whether oneDNN's int8 kernels use VNNI here: AVX-512 VNNI, AVX-VNNI or AMX int8 in /proc/cpuinfo (False where
     it cannot be read), unless ``ONEDNN_MAX_CPU_ISA`` holds oneDNN below them (e.g. ``AVX2``: what an AVX2-only CPU
-    runs, also for its 16-bit pair sums, see :func:`int8_weight_scales`)."""
+    runs, also for its 16-bit pair sums, see :func:`int8_weights`)."""
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_VNNI_ISAS:
         return False
     try:
@@ -81,18 +81,22 @@ def cpu_has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
-def int8_weight_scales(weight: torch.Tensor, vnni: bool) -> torch.Tensor:
-    """[O, ...] fp32 weights -> [O] per-output-channel scales; the int8 codes are ``round(w / scale)``.
+def int8_weights(weight: torch.Tensor, vnni: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """[O, ...] fp32 weights -> (int8 codes ``round(w / scale)`` of the same shape, [O] per-output-channel scales).
 
-    ``vnni``: max |w| / 127. Without VNNI: the largest plus the second largest |w| of the channel over 127.99 (not
-    below max |w| / 127), so that any two codes of a channel, rounded, sum to at most 128 in magnitude and a 16-bit
-    sum of two uint8 x int8 products cannot saturate (see the module docstring). 127.99 rather than 128: two
+    ``vnni``: scale max |w| / 127. Without VNNI: the largest plus the second largest |w| of the channel over 127.99
+    (not below max |w| / 127), so that any two codes of a channel, rounded, sum to at most 128 in magnitude and a
+    16-bit sum of two uint8 x int8 products cannot saturate (see the module docstring). 127.99 rather than 128: two
     quotients that sum to less than 128 cannot both round up past it, whatever float32 rounding does."""
-    top = weight.detach().float().abs().flatten(1)
+    w = weight.detach().float()
+    top = w.abs().flatten(1)
     if vnni or top.shape[1] < 2:
-        return (top.amax(1) / 127).clamp_min(1e-12)
-    two = top.topk(2, dim=1).values
-    return torch.maximum(two.sum(1) / 127.99, two[:, 0] / 127).clamp_min(1e-12)
+        scale = (top.amax(1) / 127).clamp_min(1e-12)
+    else:
+        two = top.topk(2, dim=1).values
+        scale = torch.maximum(two.sum(1) / 127.99, two[:, 0] / 127).clamp_min(1e-12)
+    codes = torch.round(w / scale.view(-1, *[1] * (w.ndim - 1))).clamp_(-127, 127).to(torch.int8)
+    return codes, scale
 
 
 def _qparams(low: float, high: float) -> tuple[float, int]:
@@ -127,9 +131,8 @@ class QuantConv(nn.Module):
 
     def __init__(self, conv: FrozenConv, in_qp: tuple[float, int]) -> None:
         super().__init__()
-        w = conv.weight.detach().float()
-        scale = int8_weight_scales(w, cpu_has_vnni())
-        self.register_buffer("qweight", torch.round(w / scale.view(-1, 1, 1, 1)).clamp_(-127, 127).to(torch.int8))
+        codes, scale = int8_weights(conv.weight, cpu_has_vnni())
+        self.register_buffer("qweight", codes)
         self.register_buffer("w_scale", scale)
         self.register_buffer("w_zero", torch.zeros(len(scale), dtype=torch.int64))
         self.register_buffer("bias", conv.bias.detach().float())
