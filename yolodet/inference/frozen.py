@@ -19,6 +19,7 @@ from yolodet.inference.winograd import Winograd3x3, winograd_pays
 
 __all__ = ["FrozenConv", "PairMaxPool", "cpu_has_native_bf16", "fold_batchnorm", "mish_"]
 
+
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 convolutions natively on this CPU (else PyTorch emulates them, slowly)."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -67,7 +68,7 @@ class FrozenConv(nn.Module):
         raise TypeError("an optimised (BN-folded) model cannot be saved as Darknet weights; save the original")
 
     def _apply(self, fn, recurse=True):  # .to()/.half()/...: the packed and transformed weights are stale
-        self._packed = PackedWeights()
+        self._packed.clear()
         self._winograd = None
         return super()._apply(fn, recurse)
 

@@ -10,8 +10,8 @@ their own arena allocators; PyTorch's CPU allocator is plain ``malloc``.
 
 :func:`keep_freed_memory` raises the mmap threshold to 32 MiB (the ceiling glibc's dynamic threshold would reach
 by itself; larger blocks still map fresh pages) and the trim threshold to :data:`TRIM_THRESHOLD`, once per
-process. The cost: the process keeps up to that much freed memory instead of returning it. It is a no-op on other C libraries (musl, macOS, Windows) and when
-``YOLODET_MALLOC=default`` is set in the environment.
+process. The cost: the process keeps up to that much freed memory instead of returning it. It is a no-op on other
+C libraries (musl, macOS, Windows) and when ``YOLODET_MALLOC=default`` is set in the environment.
 """
 
 from __future__ import annotations
