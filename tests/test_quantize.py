@@ -19,8 +19,7 @@ from yolodet.inference.calibrate import calibrate
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm
 from yolodet.inference.optimize import fast_precision, optimize_for_inference, resolve_precision
 from yolodet.inference.preprocess import preprocess
-from yolodet.inference.quantize import (QuantConv, QuantizedNet, _quantize, cpu_has_vnni, int8_available,
-                                       int8_weights)
+from yolodet.inference.quantize import QuantConv, QuantizedNet, _quantize, int8_available, int8_weights
 from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.checkpoint import load_model
 from yolodet.modeling.model import Darknet
