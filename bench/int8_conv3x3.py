@@ -17,7 +17,10 @@ Prints per layer (ms, median of ``--runs`` after warm-up; random weights and inp
 - **transforms**: what fp32 Winograd spends outside its products (its time minus that of its 36 fp32 products
   alone): the input and output transforms an int8 Winograd needs as well (plus quantising the transformed input);
 - **int8 F(4x4) floor**: the faster F(4x4, 3x3) int8 products plus those transforms, a *lower bound* for an int8
-  Winograd built from these kernels: where it is not below int8 direct, no such int8 Winograd is faster.
+  Winograd built from these kernels: where it is not below int8 direct, no such int8 Winograd is faster;
+- **int8 Winograd F(2x2)**: yolodet's own AVX2 kernel (:class:`~yolodet.inference.winograd_int8.Int8Winograd`,
+  transforms and leaky included), what the int8 fast mode runs on these layers without VNNI, and its time over the
+  faster fp32 column.
 
 Run it twice: as is, and with ``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment, which holds oneDNN to what an
 AVX2-only CPU runs (no VNNI: int8 multiply-adds by ``vpmaddubsw`` + ``vpmaddwd``). The header prints the ISA.
@@ -43,10 +46,12 @@ import torch.nn.functional as F  # noqa: E402
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm  # noqa: E402
 from yolodet.inference.quantize import QuantConv, cpu_has_vnni, int8_available  # noqa: E402
 from yolodet.inference.winograd import Winograd3x3, winograd_pays  # noqa: E402
+from yolodet.inference.winograd_int8 import Int8Winograd, int8_winograd_available  # noqa: E402
 from yolodet.modeling.model import Darknet  # noqa: E402
 
-# (in channels, out channels, map side): every 3x3 stride-1 shape of yolov3 (and yolov3-tiny's 384 -> 256) at 416.
-SHAPES = ((32, 64, 208), (64, 128, 104), (128, 256, 52), (256, 512, 26), (384, 256, 26), (512, 1024, 13))
+# (in channels, out channels, map side): every 3x3 stride-1 shape of yolov3 (and yolov3-tiny's 16 -> 32 and
+# 384 -> 256) at 416.
+SHAPES = ((16, 32, 208), (32, 64, 208), (64, 128, 104), (128, 256, 52), (256, 512, 26), (384, 256, 26), (512, 1024, 13))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -115,8 +120,8 @@ def main(args: argparse.Namespace) -> int:
           f"{args.threads} threads; batch 1\n")
     print("| C -> O @ map | GMAC | Winograd pays | fp32 direct | fp32 Winograd | int8 direct | int8 / best fp32 "
           "| F(4x4) products, grouped conv | F(4x4) products, _int_mm | F(2x2) products, grouped conv "
-          "| F(2x2) products, _int_mm | transforms | int8 F(4x4) floor |")
-    print("|---|---:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| F(2x2) products, _int_mm | transforms | int8 F(4x4) floor | int8 Winograd F(2x2) | F(2x2) / best fp32 |")
+    print("|---|---:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with torch.inference_mode():
         for c, o, side in SHAPES:
             x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
@@ -131,11 +136,14 @@ def main(args: argparse.Namespace) -> int:
             f4 = int8_products(c, o, side, 4, args.runs)
             f2 = int8_products(c, o, side, 2, args.runs)
             transforms = t_wino - fp32_products(wino, side, args.runs)
+            own = Int8Winograd(direct, (1.0 / 255, 0)) if int8_winograd_available() else None
+            t_own = median_ms(lambda: own(codes), args.runs) if own is not None else float("nan")
             gmac = 9 * c * o * side * side / 1e9
             pays = "yes" if winograd_pays(c, o, side, side) else "no"
             print(f"| {c} -> {o} @ {side} | {gmac:.2f} | {pays} | {t_direct:.2f} | {t_wino:.2f} | {t_int8:.2f} | "
                   f"{t_int8 / min(t_direct, t_wino):.2f} | {f4[0]:.2f} | {f4[1]:.2f} | {f2[0]:.2f} | {f2[1]:.2f} | "
-                  f"{transforms:.2f} | {min(f4) + transforms:.2f} |",
+                  f"{transforms:.2f} | {min(f4) + transforms:.2f} | {t_own:.2f} | "
+                  f"{t_own / min(t_direct, t_wino):.2f} |",
                   flush=True)
     return 0
 

@@ -28,8 +28,10 @@ outputs faster, in fp32 or in a reduced precision.
 Precision (``PRECISIONS``): ``fp32`` (exact), ``bf16`` (CPUs with native bf16 -- AVX-512 BF16/AMX, or
 ``avx_ne_convert`` -- run it through oneDNN; elsewhere it is correct but emulated and slower than fp32), ``fp16``
 (CUDA only), ``int8`` (CPU only: int8 convolutions with activation ranges calibrated on images,
-:mod:`yolodet.inference.quantize`). ``"half"`` picks the device's fast mode (:func:`fast_precision`): ``fp16`` on
-CUDA, ``bf16`` on a CPU with native bf16, ``int8`` on other CPUs (fp32 where PyTorch has no oneDNN int8).
+:mod:`yolodet.inference.quantize`; on CPUs without VNNI its 3x3 stride-1 convolutions run as int8 Winograd
+F(2x2, 3x3), :mod:`yolodet.inference.winograd_int8`, unless ``winograd=False``). ``"half"`` picks the device's
+fast mode (:func:`fast_precision`): ``fp16`` on CUDA, ``bf16`` on a CPU with native bf16, ``int8`` on other CPUs
+(fp32 where PyTorch has no oneDNN int8).
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ def optimize_for_inference(model: Darknet, *, precision: str = "fp32", device: s
         net = fold_batchnorm(model, winograd=winograd).to(device=device, dtype=compute_dtype(precision))
         if precision == "int8":
             channels_last = True  # oneDNN's int8 kernels take NHWC codes
-            net = quantize_net(net, _calibration(net, calibration, img_size, preprocess))
+            net = quantize_net(net, _calibration(net, calibration, img_size, preprocess), winograd)
         if channels_last:
             # Activations are what matters: oneDNN reorders the weights itself and cuDNN goes NHWC when the input
             # is. Converting conv weights too would cost start-up time for nothing; the torchvision modules of

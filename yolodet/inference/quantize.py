@@ -18,6 +18,10 @@ What runs how:
   the image, 3 channels: memory-bound, nothing to gain) stays fp32, and so do the convolutions that feed a
   detection head (their raw outputs are the boxes and scores; 2% of yolov3-tiny's multiply-adds): on coco128
   (yolov3-tiny, letterbox, VNNI, calibrated on coco128) that moves AP50 from 0.0035 below fp32 to 0.0001 below.
+- Without VNNI (:func:`cpu_has_vnni` False: AVX2 CPUs), 3x3 stride-1 convolutions run as int8 Winograd F(2x2, 3x3)
+  instead (:class:`~yolodet.inference.winograd_int8.Int8Winograd`, a hand-written AVX2 kernel): oneDNN's direct
+  int8 kernel is there no faster than the fp32 path's Winograd, and this is twice as fast as either. With VNNI the
+  direct kernel is faster and runs everywhere. ``winograd=False`` keeps the direct kernel.
 - 2x2/2 ``[maxpool]``, nearest ``[upsample]`` and one-input ``[route]`` work on whichever form their input has
   (uint8 or fp32; exact either way: max, copy and slicing commute with a monotonic quantisation).
 - everything else (``[shortcut]``, multi-input ``[route]`` concatenation, other pools, ``[yolo]`` ...) is an fp32
@@ -35,10 +39,8 @@ What runs how:
 
 from __future__ import annotations
 
-import functools
-import os
+import logging
 import warnings
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -46,12 +48,16 @@ from torch import nn
 
 from yolodet.inference.calibrate import Calibration
 from yolodet.inference.frozen import FrozenConv, PairMaxPool
+from yolodet.inference.int8_rounding import cpu_has_vnni, int8_weights
 from yolodet.inference.packed import PackedWeights
+from yolodet.inference.winograd_int8 import Int8Winograd
 from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.blocks.structural import Route, Upsample
 from yolodet.modeling.model import Darknet
 
 __all__ = ["QuantConv", "QuantizedNet", "cpu_has_vnni", "int8_available", "int8_weights", "quantize_net"]
+
+log = logging.getLogger(__name__)
 
 _FUSABLE = {"none", "relu", "hardtanh", "swish"}  # oneDNN int8 convolution post-ops (torch 2.14)
 _MIN_REDUCTION = 32  # a conv summing fewer products per output (in_channels/groups * k * k) stays fp32
@@ -60,43 +66,6 @@ _MIN_REDUCTION = 32  # a conv summing fewer products per output (in_channels/gro
 def int8_available() -> bool:
     """Whether this PyTorch build has oneDNN's int8 convolution."""
     return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise"))
-
-
-# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.
-_NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_has_vnni() -> bool:
-    """Whether oneDNN's int8 kernels use VNNI here: AVX-512 VNNI, AVX-VNNI or AMX int8 in /proc/cpuinfo (False where
-    it cannot be read), unless ``ONEDNN_MAX_CPU_ISA`` holds oneDNN below them (e.g. ``AVX2``: what an AVX2-only CPU
-    runs, also for its 16-bit pair sums, see :func:`int8_weights`)."""
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_VNNI_ISAS:
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
-
-
-def int8_weights(weight: torch.Tensor, vnni: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """[O, ...] fp32 weights -> (int8 codes ``round(w / scale)`` of the same shape, [O] per-output-channel scales).
-
-    ``vnni``: scale max |w| / 127. Without VNNI: the largest plus the second largest |w| of the channel over 127.99
-    (not below max |w| / 127), so that any two codes of a channel, rounded, sum to at most 128 in magnitude and a
-    16-bit sum of two uint8 x int8 products cannot saturate (see the module docstring). 127.99 rather than 128: two
-    quotients that sum to less than 128 cannot both round up past it, whatever float32 rounding does."""
-    w = weight.detach().float()
-    top = w.abs().flatten(1)
-    if vnni or top.shape[1] < 2:
-        scale = (top.amax(1) / 127).clamp_min(1e-12)
-    else:
-        two = top.topk(2, dim=1).values
-        scale = torch.maximum(two.sum(1) / 127.99, two[:, 0] / 127).clamp_min(1e-12)
-    codes = torch.round(w / scale.view(-1, *[1] * (w.ndim - 1))).clamp_(-127, 127).to(torch.int8)
-    return codes, scale
 
 
 def _qparams(low: float, high: float) -> tuple[float, int]:
@@ -160,6 +129,9 @@ class QuantConv(nn.Module):
         return y if self._frozen is None else self._frozen._activate_(y)
 
 
+_INT8 = (QuantConv, Int8Winograd)  # the layers that take uint8 codes
+
+
 class _Value:
     """One layer's output, held as fp32, as uint8 codes of ``qp``, or both (each made from the other on demand)."""
 
@@ -195,7 +167,7 @@ class QuantizedNet(nn.Module):
     and ``net`` are the folded Darknet's.
     """
 
-    def __init__(self, folded: Darknet, calibration: Calibration) -> None:
+    def __init__(self, folded: Darknet, calibration: Calibration, winograd: bool = True) -> None:
         super().__init__()
         self.folded, self.calibration = folded, calibration
         layers = folded.layers
@@ -209,10 +181,15 @@ class QuantizedNet(nn.Module):
         self.input_qp = _qparams(*calibration.layer(-1))
         self.qps = qps
         head_inputs = {i - 1 for i, layer in enumerate(layers) if isinstance(layer, HeadBlock)}
+        wino = winograd and not cpu_has_vnni()  # with VNNI oneDNN's direct int8 kernel is the faster one
         for i, layer in enumerate(layers):
             if (i > 0 and i not in head_inputs and isinstance(layer, FrozenConv)
                     and QuantConv.applies(layer)):
-                layers[i] = QuantConv(layer, qps[i - 1])
+                layers[i] = (Int8Winograd if wino and Int8Winograd.applies(layer) else QuantConv)(layer, qps[i - 1])
+        n = sum(isinstance(layer, Int8Winograd) for layer in layers)
+        log.info("int8: %d convolutions, %d of them as int8 Winograd F(2x2, 3x3) (%s)", len(self.int8_layers()), n,
+                 "oneDNN has VNNI here: its direct kernel is faster" if winograd and not wino
+                 else "the AVX2 kernel" if n else "none applies or the kernel is not available here")
 
     @property
     def heads(self):
@@ -231,8 +208,8 @@ class QuantizedNet(nn.Module):
         return self.folded.layers
 
     def int8_layers(self) -> list[int]:
-        """Indices of the layers whose convolution runs in int8."""
-        return [i for i, layer in enumerate(self.layers) if isinstance(layer, QuantConv)]
+        """Indices of the layers whose convolution runs in int8 (:class:`QuantConv` or :class:`Int8Winograd`)."""
+        return [i for i, layer in enumerate(self.layers) if isinstance(layer, _INT8)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         v = _Value(self.input_qp, fp=x.float())
@@ -240,7 +217,7 @@ class QuantizedNet(nn.Module):
         for i, (layer, keep) in enumerate(zip(self.layers, self.folded._keep)):
             refs = [saved[s] for s in layer.sources]
             qp = self.qps[i]
-            if isinstance(layer, QuantConv):
+            if isinstance(layer, _INT8):
                 v = _Value(qp, fp=layer(v.codes()))
             elif _passes_codes(layer):
                 src = refs[0] if refs else v
@@ -256,11 +233,13 @@ class QuantizedNet(nn.Module):
         return [saved[i].float() for i in self.folded._outputs]
 
 
-def quantize_net(folded: Darknet, calibration: Calibration) -> QuantizedNet:
-    """``folded`` (a :func:`fold_batchnorm` copy, fp32 on the CPU; its layers are replaced) -> int8 network."""
+def quantize_net(folded: Darknet, calibration: Calibration, winograd: bool = True) -> QuantizedNet:
+    """``folded`` (a :func:`fold_batchnorm` copy, fp32 on the CPU; its layers are replaced) -> int8 network.
+    ``winograd``: run 3x3 stride-1 convolutions as int8 Winograd where oneDNN has no VNNI
+    (:mod:`yolodet.inference.winograd_int8`); False: all by oneDNN's direct int8 kernel."""
     if len(calibration.ranges) != len(folded.layers) + 1:
         raise ValueError(f"the calibration has ranges for {len(calibration.ranges) - 1} layers, the model has "
                          f"{len(folded.layers)}")
     if not int8_available():
         raise RuntimeError("this PyTorch build has no oneDNN int8 convolution (torch.ops.onednn.qconv2d_pointwise)")
-    return QuantizedNet(folded, calibration).eval()
+    return QuantizedNet(folded, calibration, winograd).eval()

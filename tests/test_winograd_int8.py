@@ -1,0 +1,157 @@
+"""yolodet.inference.winograd_int8: the AVX2 int8 Winograd kernel equals the integer arithmetic it documents (a
+float64 version of the same codes, whose transforms are themselves checked against ``F.conv2d``), cannot saturate,
+and the int8 network uses it exactly where oneDNN has no VNNI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FIXTURES, ROOT, randomize
+from yolodet.inference import quantize as quantize_module
+from yolodet.inference.calibrate import calibrate
+from yolodet.inference.frozen import FrozenConv, fold_batchnorm
+from yolodet.inference.optimize import optimize_for_inference
+from yolodet.inference.quantize import QuantConv, int8_available
+from yolodet.inference.winograd_int8 import Int8Winograd, int8_winograd_available, transformed_weights
+from yolodet.modeling.model import Darknet
+
+pytestmark = pytest.mark.skipif(not (int8_winograd_available() and int8_available()),
+                                reason="the AVX2 int8 Winograd kernel is not built or this CPU has no AVX2/FMA")
+
+BT = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=torch.float64)
+AT = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)
+G = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=torch.float64)
+
+
+def _conv(c: int, o: int, act: str = "leaky", seed: int = 0) -> FrozenConv:
+    """A BN-folded 3x3 stride-1 [convolutional] with c inputs and o filters, random weights."""
+    cfg = (f"[net]\nwidth=16\nheight=16\nchannels={c}\n[convolutional]\nbatch_normalize=1\nfilters={o}\nsize=3\n"
+           f"stride=1\npad=1\nactivation={act}\n")
+    conv = fold_batchnorm(randomize(Darknet.from_cfg_text(cfg), seed=seed).eval()).layers[0]
+    assert isinstance(conv, FrozenConv)
+    return conv
+
+
+def _reference(layer: Int8Winograd, conv: FrozenConv, q: torch.Tensor, rounded: bool = True) -> torch.Tensor:
+    """What the kernel documents, in float64: [B, C, H, W] uint8 codes -> [B, O, H, W] (activation applied).
+    ``rounded=False``: transformed input and weights unrounded, i.e. the exact convolution of the codes' values."""
+    scale_in, z = layer.in_qp
+    b, c, h, w = q.shape
+    th, tw = -(-h // 2), -(-w // 2)
+    d = F.pad(q.double(), (1, 2 * tw + 1 - w, 1, 2 * th + 1 - h), value=float(z))  # outside: the code of 0
+    v = BT @ d.unfold(2, 4, 2).unfold(3, 4, 2) @ BT.T  # [B, C, th, tw, 4, 4] codes; (1, 1): a sum of four
+    if rounded:
+        off = torch.full((4, 4), 128.0, dtype=torch.float64)
+        off[1, 1] = 0
+        zero = torch.full((4, 4), 128.0, dtype=torch.float64)
+        zero[1, 1] = z
+        v = ((torch.floor((v + 2) / 4) + off).clamp(0, 255) - zero) * 4  # round half up, as (v + 2) >> 2
+        codes, scale = transformed_weights(conv.weight)
+        u = codes.double() * scale.double().unsqueeze(-1)  # [16, O, C]
+    else:
+        v[..., 1, 1] -= 4 * z
+        u = (G @ conv.weight.double() @ G.T).permute(2, 3, 0, 1).reshape(16, -1, c)
+    m = torch.einsum("bcyxp,poc->bopyx", v.flatten(-2) * scale_in, u)  # [B, O, 16, th, tw]
+    m = m.unflatten(2, (4, 4)).permute(0, 1, 4, 5, 2, 3)  # [B, O, th, tw, 4, 4]
+    y = (AT @ m @ AT.T).permute(0, 1, 2, 4, 3, 5).reshape(b, -1, 2 * th, 2 * tw)[:, :, :h, :w]
+    return conv._activate_((y + conv.bias.double().view(1, -1, 1, 1)).float())
+
+
+def _codes(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g).contiguous(memory_format=torch.channels_last)
+
+
+def test_reference_is_the_convolution_when_unrounded() -> None:
+    conv = _conv(5, 7, "linear")
+    layer = Int8Winograd(conv, (0.02, 90))
+    q = _codes((2, 5, 7, 10), 0)
+    x = (q.double() - 90) * 0.02
+    exact = F.conv2d(x, conv.weight.double(), conv.bias.double(), padding=1).float()
+    assert torch.allclose(_reference(layer, conv, q, rounded=False), exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("c, o, h, w, act, zero", [
+    (16, 16, 8, 8, "leaky", 0),
+    (37, 21, 7, 9, "leaky", 77),  # channels past 16 and not a multiple of 4, outputs past 16 and 8, odd sides
+    (3, 5, 1, 1, "relu", 255),  # one pixel: every tap but the centre is padding
+    (64, 40, 13, 13, "linear", 128),
+    (32, 24, 10, 6, "mish", 3),  # an activation the kernel does not fuse
+])
+def test_kernel_equals_integer_reference(c: int, o: int, h: int, w: int, act: str, zero: int) -> None:
+    conv = _conv(c, o, act, seed=c)
+    layer = Int8Winograd(conv, (0.037, zero))
+    q = _codes((2, c, h, w), seed=o)
+    out = layer(q)
+    ref = _reference(layer, conv, q)
+    assert out.shape == ref.shape == (2, o, h, w) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max()), float((out - ref).abs().max())
+
+
+@pytest.mark.parametrize("codes", [0, 255])
+def test_full_codes_do_not_saturate(codes: int) -> None:
+    """Every input code 0 or 255 and weights whose transformed codes reach the pair bound: the 16-bit pair sums of
+    ``vpmaddubsw`` are at their extremes and must stay exact."""
+    conv = _conv(32, 16, "linear")
+    with torch.no_grad():
+        conv.weight.copy_(torch.randint(0, 2, conv.weight.shape, generator=torch.Generator().manual_seed(1)) * 2.0
+                          - 1.0)
+    layer = Int8Winograd(conv, (1.0, 128 if codes == 0 else 0))
+    q = torch.full((1, 32, 6, 6), codes, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    t, _ = transformed_weights(conv.weight)
+    assert int(t.abs().float().topk(2, dim=2).values.sum(2).max()) >= 127  # the bound is reached
+    out, ref = layer(q), _reference(layer, conv, q)
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+def _net(monkeypatch, vnni: bool, winograd: bool = True):
+    monkeypatch.setattr(quantize_module, "cpu_has_vnni", lambda: vnni)
+    model = randomize(Darknet.from_cfg(FIXTURES / "tiny.cfg"), seed=2).eval()
+    images = [torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8).numpy()]
+    cal = calibrate(fold_batchnorm(model), images, img_size=(64, 64), preprocess_mode="darknet-resize")
+    return model, optimize_for_inference(model, device="cpu", precision="int8", calibration=cal, winograd=winograd)
+
+
+def test_network_uses_it_where_onednn_has_no_vnni(monkeypatch) -> None:
+    model, net = _net(monkeypatch, vnni=False)
+    layers = net.net.layers
+    wino = [i for i, layer in enumerate(layers) if isinstance(layer, Int8Winograd)]
+    assert wino and set(wino) <= set(net.net.int8_layers())
+    for i in net.net.int8_layers():  # every 3x3 stride-1 int8 conv, and only those
+        if isinstance(layers[i], QuantConv):
+            q = layers[i]
+            assert tuple(q.qweight.shape[-2:]) != (3, 3) or q.stride != [1, 1] or q.groups != 1, i
+    _, direct = _net(monkeypatch, vnni=False, winograd=False)
+    assert not any(isinstance(layer, Int8Winograd) for layer in direct.net.layers)
+    _, vnni = _net(monkeypatch, vnni=True)
+    assert not any(isinstance(layer, Int8Winograd) for layer in vnni.net.layers)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    for o, d, r in zip(net(x), direct(x), ref):
+        # Winograd-domain rounding costs more than the direct kernel's, but stays small next to the logits.
+        err, direct_err = float((o - r).abs().mean()), float((d - r).abs().mean())
+        assert err < 0.05 * float(r.abs().mean())
+        assert err < 2 * direct_err
+
+
+def test_chosen_when_onednn_is_held_to_avx2() -> None:
+    """Without any patching: ``ONEDNN_MAX_CPU_ISA=AVX2`` (what an AVX2-only CPU runs) makes the int8 mode take the
+    kernel, and says so."""
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
+            "sys.path.insert(0, 'tests'); import test_winograd_int8 as t; "
+            "from yolodet.inference.winograd_int8 import Int8Winograd; "
+            "net = t.optimize_for_inference(t.randomize(t.Darknet.from_cfg(t.FIXTURES / 'tiny.cfg'), seed=2).eval(), "
+            "device='cpu', precision='int8'); "
+            "print('winograd layers', sum(isinstance(m, Int8Winograd) for m in net.net.layers))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "winograd layers 1" in done.stdout and "as int8 Winograd F(2x2, 3x3) (the AVX2 kernel)" in done.stdout

@@ -1,0 +1,29 @@
+/* int8 Winograd F(2x2, 3x3) convolution for AVX2 CPUs (no VNNI): the kernel behind yolodet's int8 fast mode on
+ * 3x3 stride-1 convolutions, where oneDNN's direct int8 kernel is no faster than fp32 Winograd.
+ *
+ * What it computes, for one image (exactly; bench/int8_winograd_accuracy.py simulates it in float64):
+ *   x      uint8 [H][W][C] codes of the input (zero point z; outside the image the input is 0, i.e. code z);
+ *   tiles  each 2x2 output tile reads a 4x4 input patch d; V = B^T d B per channel, in integer codes;
+ *   Vq     V re-quantised to 8 bits: round(V / 4) + 128, except at position (1, 1) (a sum of four codes, the
+ *          same zero point z as the input): round(V / 4); rounding half up, saturated to 0..255;
+ *   U      int8 [16][O][C] transformed weights (G g G^T quantised per (position, output channel); the caller
+ *          bounds every pair of codes so a vpmaddubsw pair sum cannot saturate);
+ *   M      M[p][o] = (sum_c Vq[p][c] U[p][o][c] - corr[p][o]) * scale[p][o]   (int32 sums, then float);
+ *   y      A^T M A + bias, then max(y, slope * y) (leaky; slope 1: none), float [H][W][O].
+ * The caller passes corr = zero point of position p * sum_c U[p][o][c] and scale = 4 * input scale * U's scale.
+ */
+#ifndef YOLODET_WINOGRAD_INT8_H
+#define YOLODET_WINOGRAD_INT8_H
+
+#include <stdint.h>
+
+#define WINO_NR 16 /* output channels per packed weight block */
+
+/* packed: int8 [16][ceil(O / 16)][ceil(C / 4)][16][4]: position, output block, 4-channel group, output, channel.
+ * corr: int32 [16][O]; scale: float [16][O]; bias: float [O]; out: float [H][W][O]. Returns 0, or -1 when out of
+ * memory. Runs on nthreads OpenMP threads. */
+int winograd_int8_conv(const uint8_t *x, int H, int W, int C, int z, const int8_t *packed, int O,
+                       const int32_t *corr, const float *scale, const float *bias, float slope, float *out,
+                       int nthreads);
+
+#endif

@@ -1,0 +1,51 @@
+"""How the int8 fast mode rounds its weights, and whether oneDNN's int8 kernels have VNNI here (which decides how):
+shared by :mod:`yolodet.inference.quantize` (oneDNN's direct int8 convolution) and
+:mod:`yolodet.inference.winograd_int8` (the AVX2 int8 Winograd kernel). Why pairs of codes are bounded without VNNI:
+the :mod:`~yolodet.inference.quantize` module docstring."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["cpu_has_vnni", "int8_weights"]
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.
+_NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_vnni() -> bool:
+    """Whether oneDNN's int8 kernels use VNNI here: AVX-512 VNNI, AVX-VNNI or AMX int8 in /proc/cpuinfo (False where
+    it cannot be read), unless ``ONEDNN_MAX_CPU_ISA`` holds oneDNN below them (e.g. ``AVX2``: what an AVX2-only CPU
+    runs, also for its 16-bit pair sums, see :func:`int8_weights`)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_VNNI_ISAS:
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def int8_weights(weight: torch.Tensor, vnni: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """[O, ...] fp32 weights -> (int8 codes ``round(w / scale)`` of the same shape, [O] per-output-channel scales).
+
+    ``vnni``: scale max |w| / 127. Without VNNI: the largest plus the second largest |w| of the channel over 127.99
+    (not below max |w| / 127), so that any two codes of a channel, rounded, sum to at most 128 in magnitude and a
+    16-bit sum of two uint8 x int8 products cannot saturate (see :mod:`yolodet.inference.quantize`). 127.99 rather
+    than 128: two quotients that sum to less than 128 cannot both round up past it, whatever float32 rounding
+    does."""
+    w = weight.detach().float()
+    top = w.abs().flatten(1)
+    if vnni or top.shape[1] < 2:
+        scale = (top.amax(1) / 127).clamp_min(1e-12)
+    else:
+        two = top.topk(2, dim=1).values
+        scale = torch.maximum(two.sum(1) / 127.99, two[:, 0] / 127).clamp_min(1e-12)
+    codes = torch.round(w / scale.view(-1, *[1] * (w.ndim - 1))).clamp_(-127, 127).to(torch.int8)
+    return codes, scale
