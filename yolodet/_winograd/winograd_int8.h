@@ -5,7 +5,7 @@
  *   x      uint8 [H][W][C] codes of the input (zero point z; outside the image the input is 0, i.e. code z);
  *   tiles  each 2x2 output tile reads a 4x4 input patch d; V = B^T d B per channel, in integer codes;
  *   Vq     V re-quantised to 8 bits: round(V / 4) + 128, except at position (1, 1) (a sum of four codes, the
- *          same zero point z as the input): round(V / 4); rounding half up, saturated to 0..255;
+ *          same zero point z as the input): round(V / 4); rounding half to even, saturated to 0..255;
  *   U      int8 [16][O][C] transformed weights (G g G^T quantised per (position, output channel); the caller
  *          bounds every pair of codes so a vpmaddubsw pair sum cannot saturate);
  *   M      M[p][o] = (sum_c Vq[p][c] U[p][o][c] - corr[p][o]) * scale[p][o]   (int32 sums, then float);

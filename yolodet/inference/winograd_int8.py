@@ -47,6 +47,9 @@ _G = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dty
 _NR = 16  # output channels per packed weight block (WINO_NR in winograd_int8.h)
 _SUM_POSITION = 5  # (1, 1): the one tile position whose transform is a sum of four codes (the input's zero point)
 _MID = 128  # zero point of the 15 other positions (differences of codes)
+# Fewer input channels: the per-tile transforms outweigh the products saved (bench/int8_conv3x3.py, AVX2: 16 -> 32
+# @208 takes 1.99 ms against oneDNN's direct 1.02; 32 -> 64 @208 3.91 against 3.78, @104 0.74 against ~1.0).
+_MIN_CHANNELS = 32
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,10 +120,12 @@ class Int8Winograd(nn.Module):
 
     @staticmethod
     def applies(conv: FrozenConv) -> bool:
-        """Whether ``conv`` has the shape this kernel computes and the kernel runs here."""
+        """Whether ``conv`` has the shape this kernel computes, enough input channels for it to pay, and the kernel
+        runs here."""
         w = conv.weight
-        return (tuple(w.shape[-2:]) == (3, 3) and conv.groups == 1 and list(conv.stride) == [1, 1]
-                and list(conv.padding) == [1, 1] and list(conv.dilation) == [1, 1] and int8_winograd_available())
+        return (tuple(w.shape[-2:]) == (3, 3) and w.shape[1] >= _MIN_CHANNELS and conv.groups == 1
+                and list(conv.stride) == [1, 1] and list(conv.padding) == [1, 1] and list(conv.dilation) == [1, 1]
+                and int8_winograd_available())
 
     def forward(self, q: torch.Tensor, refs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         kernel = _kernel()
