@@ -1,12 +1,13 @@
 /* int8 Winograd F(2x2, 3x3) for AVX2: see winograd_int8.h for what it computes.
  *
  * Two passes, each split over OpenMP threads:
- *   1. input transform: every 2x2 output tile's 4x4 patch -> 16 x C uint8 (Vq), 16 channels per AVX2 register in
- *      int16 (codes up to 4 * 255 fit), stored [tile][position][C4] (C4 = C rounded up to 4);
+ *   1. input transform: every 2x2 output tile's 4x4 patch -> 16 x C int16 V (16 channels per AVX2 register; up to
+ *      4 * 255 fits) in a per-thread scratch, the shift each position needs, then the uint8 codes Vq, stored
+ *      [tile][position][C4] (C4 = C rounded up to 4);
  *   2. products and output transform, per block of MR tiles x 16 output channels: for each of the 16 positions an
  *      MR x 16 int32 product over C by vpmaddubsw (uint8 x int8, pairs summed in 16 bits: exact, the caller bounds
  *      the weights) + vpmaddwd (pairs of pairs into 32 bits), then A^T M A, bias and leaky on those 16 sums while
- *      they are still in L1, written straight to the float output.
+ *      they are still in L1, written straight to the float output. Block order: see winograd_int8_conv.
  */
 #include "winograd_int8.h"
 

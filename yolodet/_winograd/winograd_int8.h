@@ -1,14 +1,16 @@
 /* int8 Winograd F(2x2, 3x3) convolution for AVX2 CPUs (no VNNI): the kernel behind yolodet's int8 fast mode on
  * 3x3 stride-1 convolutions, where oneDNN's direct int8 kernel is no faster than fp32 Winograd.
  *
- * What it computes, for one image (exactly; bench/int8_winograd_accuracy.py simulates it in float64):
+ * What it computes, for one image (exactly; tests/test_winograd_int8.py holds it to a float64 version):
  *   x      uint8 [H][W][C] codes of the input (zero point z; outside the image the input is 0, i.e. code z);
  *   tiles  each 2x2 output tile reads a 4x4 input patch d; V = B^T d B per channel, in integer codes;
- *   Vq     V re-quantised to 8 bits: round(V / 4) + 128, except at position (1, 1) (a sum of four codes, the
- *          same zero point z as the input): round(V / 4); rounding half to even, saturated to 0..255;
+ *   Vq     V re-quantised to 8 bits per tile and position p, over the channels: round(V / 2^s) + 128 with the
+ *          least s of 0, 1, 2 whose codes fit (-128..127, or -256..255 for s = 1: 255 saturates), except at
+ *          position (1, 1) (a sum of four codes, the same zero point z as the input): round(V / 4); rounding half
+ *          to even, saturated to 0..255;
  *   U      int8 [16][O][C] transformed weights (G g G^T quantised per (position, output channel); the caller
  *          bounds every pair of codes so a vpmaddubsw pair sum cannot saturate);
- *   M      M[p][o] = (sum_c Vq[p][c] U[p][o][c] - corr[p][o]) * scale[p][o]   (int32 sums, then float);
+ *   M      M[p][o] = (sum_c Vq[p][c] U[p][o][c] - corr[p][o]) * scale[p][o] * 2^s / 4   (int32 sums, then float);
  *   y      A^T M A + bias, then max(y, slope * y) (leaky; slope 1: none), float [H][W][O].
  * The caller passes corr = zero point of position p * sum_c U[p][o][c] and scale = 4 * input scale * U's scale.
  */

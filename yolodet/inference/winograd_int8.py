@@ -10,18 +10,19 @@ in that script), hence the hand-written kernel (``yolodet/_winograd/``, C with A
 What it computes (exactly; ``tests/test_winograd_int8.py`` holds it to a float64 version of the same integers):
 
 - the input's uint8 codes (zero point z), 4x4 patches with stride 2, ``V = B^T d B`` per channel (integers);
-- ``V`` back to 8 bits: ``round(V / 4) + 128`` (a sum of differences of codes spans [-510, 510]), at position
-  (1, 1) (a sum of four codes) ``round(V / 4)`` with the input's zero point. No Winograd-domain calibration: the
-  divisor 4 is what the worst case needs at every position, so the transformed input keeps 6 of the input's 8 bits
-  of resolution (F(4x4)'s transform, with entries up to 5, would keep far fewer: hence F(2x2));
+- ``V`` back to 8 bits, per tile and position over the channels: ``round(V / 2^s) + 128`` with the least shift s of
+  0, 1, 2 whose codes fit (a sum of differences of codes spans [-510, 510]: s = 2 covers any input; smooth tiles
+  keep every bit), rounded half to even (half up biased AP by up to +0.012 on coco128); at position (1, 1) (a sum of
+  four codes) always ``round(V / 4)``, with the input's zero point. No Winograd-domain calibration is needed. (F(4x4)
+  has transform entries up to 5 and would keep far fewer bits: hence F(2x2).)
 - ``U = G g G^T`` of the fp32 BN-folded weights, int8 per (position, output channel), with the pair bound of
   :func:`~yolodet.inference.int8_rounding.int8_weights` (``vpmaddubsw`` sums pairs in 16 bits; exact for every input);
-- 16 int32 products per tile, dequantised per (position, output channel), ``Y = A^T M A``, bias and leaky/relu in
-  the kernel; other activations after it in fp32. Output fp32, as :class:`~yolodet.inference.quantize.QuantConv`.
+- 16 int32 products per tile, dequantised per (position, output channel) and by 2^s / 4, ``Y = A^T M A``, bias and
+  leaky/relu in the kernel; other activations after it in fp32. Output fp32, as :class:`~yolodet.inference.quantize.QuantConv`.
 
 Accuracy (yolov3-tiny, coco128, measured with the rest of the int8 mode): the README's int8 accuracy table.
-Speed (2-core AMD EPYC, AVX2 code; batch 1): 128->256 @52 in 1.96 ms against oneDNN's int8 direct 4.1 and fp32
-Winograd 3.9 ms.
+Speed (2-core AMD EPYC, AVX2 code; batch 1): 128->256 @52 in ~2.1 ms against oneDNN's int8 direct 3.5 and fp32
+Winograd 3.3 ms; the README has the table (``bench/int8_conv3x3.py``).
 
 Where: 3x3 stride-1, undilated, ungrouped convolutions with padding 1 that the int8 mode runs in int8, when oneDNN's
 int8 kernels have no VNNI (:func:`~yolodet.inference.quantize.cpu_has_vnni`; with VNNI oneDNN's direct kernel is
