@@ -18,14 +18,15 @@ What it computes (exactly; ``tests/test_winograd_int8.py`` holds it to a float64
 - ``U = G g G^T`` of the fp32 BN-folded weights, int8 per (position, output channel), with the pair bound of
   :func:`~yolodet.inference.int8_rounding.int8_weights` (``vpmaddubsw`` sums pairs in 16 bits; exact for every input);
 - 16 int32 products per tile, dequantised per (position, output channel) and by 2^s / 4, ``Y = A^T M A``, bias and
-  leaky/relu in the kernel; other activations after it in fp32. Output fp32, as :class:`~yolodet.inference.quantize.QuantConv`.
+  leaky/relu in the kernel; other activations after it in fp32. Output fp32, as
+  :class:`~yolodet.inference.quantize.QuantConv`.
 
 Accuracy (yolov3-tiny, coco128, measured with the rest of the int8 mode): the README's int8 accuracy table.
 Speed (2-core AMD EPYC, AVX2 code; batch 1): 128->256 @52 in ~2.1 ms against oneDNN's int8 direct 3.5 and fp32
 Winograd 3.3 ms; the README has the table (``bench/int8_conv3x3.py``).
 
 Where: 3x3 stride-1, undilated, ungrouped convolutions with padding 1 that the int8 mode runs in int8, when oneDNN's
-int8 kernels have no VNNI (:func:`~yolodet.inference.quantize.cpu_has_vnni`; with VNNI oneDNN's direct kernel is
+int8 kernels have no VNNI (:func:`~yolodet.inference.int8_rounding.cpu_has_vnni`; with VNNI oneDNN's direct kernel is
 faster), the CPU has AVX2 and FMA, and the extension was built.
 """
 
@@ -49,7 +50,7 @@ _NR = 16  # output channels per packed weight block (WINO_NR in winograd_int8.h)
 _SUM_POSITION = 5  # (1, 1): the one tile position whose transform is a sum of four codes (the input's zero point)
 _MID = 128  # zero point of the 15 other positions (differences of codes)
 # Fewer input channels: the per-tile transforms outweigh the products saved (bench/int8_conv3x3.py, AVX2: 16 -> 32
-# @208 takes 1.99 ms against oneDNN's direct 1.02; 32 -> 64 @208 3.91 against 3.78, @104 0.74 against ~1.0).
+# @208 takes 1.83 ms against oneDNN's direct 1.02; 32 -> 64 @208 3.57 against 3.99).
 _MIN_CHANNELS = 32
 
 
