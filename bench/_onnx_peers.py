@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from yolodet.inference import int8_rounding
+
 Runner = Callable[[np.ndarray], list]
 
 
@@ -76,14 +78,9 @@ _FLAGS = (("AVX2", ("avx2",)), ("AVX-512", ("avx512f",)), ("VNNI", ("avx512_vnni
 
 
 def cpu_flags() -> str:
-    """``AVX2 yes, AVX-512 yes, VNNI (avx512_vnni avx_vnni), ...`` from /proc/cpuinfo (the first CPU)."""
-    try:
-        flags: set[str] = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
+    """``AVX2: avx2, AVX-512: avx512f, VNNI: avx512_vnni, ...`` (the flags of the first CPU that each label covers)."""
+    flags = int8_rounding.cpu_flags()
+    if not flags:
         return "unknown (no /proc/cpuinfo)"
     parts = []
     for label, names in _FLAGS:

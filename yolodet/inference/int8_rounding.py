@@ -1,5 +1,5 @@
-"""How the int8 fast mode rounds its weights, and whether oneDNN's int8 kernels have VNNI here (which decides how):
-shared by :mod:`yolodet.inference.quantize` (oneDNN's direct int8 convolution) and
+"""How the int8 fast mode rounds its weights, and what this CPU offers its kernels (VNNI decides the rounding; AVX2
+and FMA the Winograd kernel): shared by :mod:`yolodet.inference.quantize` (oneDNN's direct int8 convolution) and
 :mod:`yolodet.inference.winograd_int8` (the AVX2 int8 Winograd kernel). Why pairs of codes are bounded without VNNI:
 the :mod:`~yolodet.inference.quantize` module docstring."""
 
@@ -11,25 +11,31 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_has_vnni", "int8_weights"]
+__all__ = ["cpu_flags", "cpu_has_vnni", "int8_weights"]
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.
 _NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_vnni() -> bool:
-    """Whether oneDNN's int8 kernels use VNNI here: AVX-512 VNNI, AVX-VNNI or AMX int8 in /proc/cpuinfo (False where
-    it cannot be read), unless ``ONEDNN_MAX_CPU_ISA`` holds oneDNN below them (e.g. ``AVX2``: what an AVX2-only CPU
-    runs, also for its 16-bit pair sums, see :func:`int8_weights`)."""
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_VNNI_ISAS:
-        return False
+def cpu_flags() -> frozenset[str]:
+    """The first CPU's feature flags in /proc/cpuinfo (``avx2``, ``avx512_vnni`` ...); empty where it cannot be
+    read (then no int8 kernel that needs one is chosen)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+                          []))
+
+
+def cpu_has_vnni() -> bool:
+    """Whether oneDNN's int8 kernels use VNNI here: AVX-512 VNNI, AVX-VNNI or AMX int8 in :func:`cpu_flags`, unless
+    ``ONEDNN_MAX_CPU_ISA`` holds oneDNN below them (e.g. ``AVX2``: what an AVX2-only CPU runs, also for its 16-bit
+    pair sums, see :func:`int8_weights`)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_VNNI_ISAS:
         return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
 def int8_weights(weight: torch.Tensor, vnni: bool) -> tuple[torch.Tensor, torch.Tensor]:

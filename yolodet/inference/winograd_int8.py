@@ -33,14 +33,13 @@ faster), the CPU has AVX2 and FMA, and the extension was built.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from yolodet.inference.frozen import FrozenConv
-from yolodet.inference.int8_rounding import int8_weights
+from yolodet.inference.int8_rounding import cpu_flags, int8_weights
 
 __all__ = ["Int8Winograd", "int8_winograd_available", "pack", "transformed_weights"]
 
@@ -57,12 +56,7 @@ _MIN_CHANNELS = 32
 @functools.lru_cache(maxsize=None)
 def _kernel():
     """The extension module, or None where it was not built or this CPU lacks AVX2 or FMA."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return None
-    if not {"avx2", "fma"} <= set(flags):
+    if not {"avx2", "fma"} <= cpu_flags():
         return None
     try:
         from yolodet import _winograd_int8
