@@ -44,6 +44,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm  # noqa: E402
+from yolodet.inference.memory import keep_freed_memory  # noqa: E402
 from yolodet.inference.quantize import QuantConv, cpu_has_vnni, int8_available  # noqa: E402
 from yolodet.inference.winograd import Winograd3x3, winograd_pays  # noqa: E402
 from yolodet.inference.winograd_int8 import Int8Winograd, int8_winograd_available  # noqa: E402
@@ -112,6 +113,7 @@ def fp32_products(wino: Winograd3x3, side: int, runs: int) -> float:
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as optimize_for_inference does: a layer's fresh outputs reuse freed pages, not new ones
     if not int8_available():
         print("this PyTorch build has no oneDNN int8 convolution")
         return 1

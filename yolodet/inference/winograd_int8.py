@@ -49,7 +49,7 @@ _NR = 16  # output channels per packed weight block (WINO_NR in winograd_int8.h)
 _SUM_POSITION = 5  # (1, 1): the one tile position whose transform is a sum of four codes (the input's zero point)
 _MID = 128  # zero point of the 15 other positions (differences of codes)
 # Fewer input channels: the per-tile transforms outweigh the products saved (bench/int8_conv3x3.py, AVX2: 16 -> 32
-# @208 takes 1.83 ms against oneDNN's direct 1.02; 32 -> 64 @208 3.57 against 3.99).
+# @208 takes 1.68 ms against oneDNN's direct 1.02; 32 -> 64 @208 breaks even, 3.88 against 3.81).
 _MIN_CHANNELS = 32
 
 
