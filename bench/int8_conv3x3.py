@@ -18,9 +18,12 @@ Prints per layer (ms, median of ``--runs`` after warm-up; random weights and inp
   alone): the input and output transforms an int8 Winograd needs as well (plus quantising the transformed input);
 - **int8 F(4x4) floor**: the faster F(4x4, 3x3) int8 products plus those transforms, a *lower bound* for an int8
   Winograd built from these kernels: where it is not below int8 direct, no such int8 Winograd is faster;
-- **int8 Winograd F(2x2)**: yolodet's own AVX2 kernel (:class:`~yolodet.inference.winograd_int8.Int8Winograd`,
-  transforms and leaky included), what the int8 fast mode runs on these layers without VNNI, and its time over the
-  faster fp32 column.
+- **int8 Winograd F(2x2)** and **F(4x4)**: yolodet's own AVX2 kernels
+  (:class:`~yolodet.inference.winograd_int8.Int8Winograd`, 8-bit F(2x2, 3x3) and F(4x4, 3x3) with 16-bit
+  transformed operands; transforms and leaky included), warm and **cold** (the caches flushed before every call, as
+  in a network, where each layer's weights come from memory: F(4x4)'s are 4.5x larger), and which of the two the
+  int8 fast mode picks on this layer without VNNI (:func:`~yolodet.inference.winograd_int8.f4_pays`; oneDNN's
+  direct int8 below 32 input channels), its cold time (int8 direct: warm) over the faster fp32 column.
 
 Run it twice: as is, and with ``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment, which holds oneDNN to what an
 AVX2-only CPU runs (no VNNI: int8 multiply-adds by ``vpmaddubsw`` + ``vpmaddwd``). The header prints the ISA.
@@ -47,7 +50,7 @@ from yolodet.inference.frozen import FrozenConv, fold_batchnorm  # noqa: E402
 from yolodet.inference.memory import keep_freed_memory  # noqa: E402
 from yolodet.inference.quantize import QuantConv, cpu_has_vnni, int8_available  # noqa: E402
 from yolodet.inference.winograd import Winograd3x3, winograd_pays  # noqa: E402
-from yolodet.inference.winograd_int8 import Int8Winograd, int8_winograd_available  # noqa: E402
+from yolodet.inference.winograd_int8 import Int8Winograd, f4_pays, int8_winograd_available  # noqa: E402
 from yolodet.modeling.model import Darknet  # noqa: E402
 
 # (in channels, out channels, map side): every 3x3 stride-1 shape of yolov3 (and yolov3-tiny's 16 -> 32 and
@@ -62,11 +65,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def median_ms(fn: Callable[[], object], runs: int) -> float:
+def median_ms(fn: Callable[[], object], runs: int, before: Callable[[], object] | None = None) -> float:
+    """Median ms of ``fn()`` over ``runs`` calls after 3 untimed ones; ``before()``, if given, runs untimed before
+    each call."""
     for _ in range(3):
         fn()
     times = []
     for _ in range(runs):
+        if before is not None:
+            before()
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -122,8 +129,10 @@ def main(args: argparse.Namespace) -> int:
           f"{args.threads} threads; batch 1\n")
     print("| C -> O @ map | GMAC | Winograd pays | fp32 direct | fp32 Winograd | int8 direct | int8 / best fp32 "
           "| F(4x4) products, grouped conv | F(4x4) products, _int_mm | F(2x2) products, grouped conv "
-          "| F(2x2) products, _int_mm | transforms | int8 F(4x4) floor | int8 Winograd F(2x2) | F(2x2) / best fp32 |")
-    print("|---|---:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| F(2x2) products, _int_mm | transforms | int8 F(4x4) floor | yolodet F(2x2) | F(2x2) cold | yolodet F(4x4) "
+          "| F(4x4) cold | picked | picked cold / best fp32 |")
+    print("|---|---:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|---:|")
+    flush = torch.zeros(64 << 18)  # 64 MB, more than any last-level cache a 2-core machine gets
     with torch.inference_mode():
         for c, o, side in SHAPES:
             x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
@@ -138,14 +147,21 @@ def main(args: argparse.Namespace) -> int:
             f4 = int8_products(c, o, side, 4, args.runs)
             f2 = int8_products(c, o, side, 2, args.runs)
             transforms = t_wino - fp32_products(wino, side, args.runs)
-            own = Int8Winograd(direct, (1.0 / 255, 0)) if int8_winograd_available() else None
-            t_own = median_ms(lambda: own(codes), args.runs) if own is not None else float("nan")
+            own = {}  # tile -> (warm, cold) ms
+            for tile in (2, 4):
+                layer = Int8Winograd(direct, (1.0 / 255, 0), tile=tile) if int8_winograd_available() else None
+                own[tile] = ((median_ms(lambda: layer(codes), args.runs),
+                              median_ms(lambda: layer(codes), args.runs, before=lambda: flush.add_(1)))
+                             if layer is not None else (float("nan"), float("nan")))
+            picked = (0 if not Int8Winograd.applies(direct)  # too few input channels: oneDNN's direct int8
+                      else 4 if f4_pays(o, c, side, side) else 2)
             gmac = 9 * c * o * side * side / 1e9
             pays = "yes" if winograd_pays(c, o, side, side) else "no"
             print(f"| {c} -> {o} @ {side} | {gmac:.2f} | {pays} | {t_direct:.2f} | {t_wino:.2f} | {t_int8:.2f} | "
                   f"{t_int8 / min(t_direct, t_wino):.2f} | {f4[0]:.2f} | {f4[1]:.2f} | {f2[0]:.2f} | {f2[1]:.2f} | "
-                  f"{transforms:.2f} | {min(f4) + transforms:.2f} | {t_own:.2f} | "
-                  f"{t_own / min(t_direct, t_wino):.2f} |",
+                  f"{transforms:.2f} | {min(f4) + transforms:.2f} | {own[2][0]:.2f} | {own[2][1]:.2f} | "
+                  f"{own[4][0]:.2f} | {own[4][1]:.2f} | {f'F({picked}x{picked})' if picked else 'int8 direct'} | "
+                  f"{(own[picked][1] if picked else t_int8) / min(t_direct, t_wino):.2f} |",
                   flush=True)
     return 0
 

@@ -18,7 +18,8 @@ from yolodet.inference.calibrate import calibrate
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm
 from yolodet.inference.optimize import optimize_for_inference
 from yolodet.inference.quantize import QuantConv, int8_available
-from yolodet.inference.winograd_int8 import Int8Winograd, int8_winograd_available, transformed_weights
+from yolodet.inference.winograd_int8 import (Int8Winograd, f4_pays, int8_winograd_available, transformed_weights,
+                                             transformed_weights_f4)
 from yolodet.modeling.model import Darknet
 
 pytestmark = pytest.mark.skipif(not (int8_winograd_available() and int8_available()),
@@ -27,6 +28,12 @@ pytestmark = pytest.mark.skipif(not (int8_winograd_available() and int8_availabl
 BT = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=torch.float64)
 AT = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)
 G = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=torch.float64)
+# F(4x4, 3x3), the points 0, 1, -1, 2, -2, inf
+BT4 = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                    [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
+AT4 = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                   dtype=torch.float64)
+G4 = torch.tensor([[6, 0, 0], [-4, -4, -4], [-4, 4, -4], [1, 2, 4], [1, -2, 4], [0, 0, 24]], dtype=torch.float64) / 24
 
 
 def _conv(c: int, o: int, act: str = "leaky", seed: int = 0) -> FrozenConv:
@@ -41,6 +48,8 @@ def _conv(c: int, o: int, act: str = "leaky", seed: int = 0) -> FrozenConv:
 def _reference(layer: Int8Winograd, conv: FrozenConv, q: torch.Tensor, rounded: bool = True) -> torch.Tensor:
     """What the kernel documents, in float64: [B, C, H, W] uint8 codes -> [B, O, H, W] (activation applied).
     ``rounded=False``: transformed input and weights unrounded, i.e. the exact convolution of the codes' values."""
+    if layer.tile == 4:
+        return _reference_f4(layer, conv, q, rounded)
     scale_in, z = layer.in_qp
     b, c, h, w = q.shape
     th, tw = -(-h // 2), -(-w // 2)
@@ -69,6 +78,31 @@ def _reference(layer: Int8Winograd, conv: FrozenConv, q: torch.Tensor, rounded: 
     return conv._activate_((y + conv.bias.double().view(1, -1, 1, 1)).float())
 
 
+def _reference_f4(layer: Int8Winograd, conv: FrozenConv, q: torch.Tensor, rounded: bool) -> torch.Tensor:
+    """:func:`_reference` of F(4x4) with 16-bit transformed operands (``yolodet/_winograd/winograd_f4.h``)."""
+    scale_in, z = layer.in_qp
+    b, c, h, w = q.shape
+    th, tw = -(-h // 4), -(-w // 4)
+    d = F.pad(q.double() - z, (1, 4 * tw + 1 - w, 1, 4 * th + 1 - h))  # centred codes; outside: 0
+    v = BT4 @ d.unfold(2, 6, 4).unfold(3, 6, 4) @ BT4.T  # [B, C, th, tw, 6, 6], |V| <= 100 * 255
+    if rounded:
+        # Per tile and position, over the channels: the least 2^s (s = 0..3) with every V in
+        # [-4096 * 2^s, 4095 * 2^s]; V' = round(V / 2^s), half to even.
+        lo, hi = v.amin(1, keepdim=True), v.amax(1, keepdim=True)
+        k = torch.ones_like(lo)
+        for s in range(3):
+            k = torch.where((lo < -4096 * 2**s) | (hi > 4095 * 2**s), 2.0 ** (s + 1), k)
+        v = torch.round(v / k) * k
+        codes, scale = transformed_weights_f4(conv.weight)
+        u = codes.double() * scale.unsqueeze(-1)  # [36, O, C]
+    else:
+        u = (G4 @ conv.weight.double() @ G4.T).permute(2, 3, 0, 1).reshape(36, -1, c)
+    m = torch.einsum("bcyxp,poc->bopyx", v.flatten(-2) * scale_in, u)  # [B, O, 36, th, tw]
+    m = m.unflatten(2, (6, 6)).permute(0, 1, 4, 5, 2, 3)  # [B, O, th, tw, 6, 6]
+    y = (AT4 @ m @ AT4.T).permute(0, 1, 2, 4, 3, 5).reshape(b, -1, 4 * th, 4 * tw)[:, :, :h, :w]
+    return conv._activate_((y + conv.bias.double().view(1, -1, 1, 1)).float())
+
+
 def _codes(shape: tuple[int, ...], seed: int, spread: int = 128) -> torch.Tensor:
     """Random uint8 codes 128 +- spread (channels_last); spread < 128: a smooth input, whose transformed tiles
     fit 8 bits with a shift of 0 (spread 20) or 1 (spread 50); the left half of the image spans 0..255 anyway, so
@@ -79,9 +113,10 @@ def _codes(shape: tuple[int, ...], seed: int, spread: int = 128) -> torch.Tensor
     return q.clamp(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
 
 
-def test_reference_is_the_convolution_when_unrounded() -> None:
+@pytest.mark.parametrize("tile", [2, 4])
+def test_reference_is_the_convolution_when_unrounded(tile: int) -> None:
     conv = _conv(5, 7, "linear")
-    layer = Int8Winograd(conv, (0.02, 90))
+    layer = Int8Winograd(conv, (0.02, 90), tile=tile)
     q = _codes((2, 5, 7, 10), 0)
     x = (q.double() - 90) * 0.02
     exact = F.conv2d(x, conv.weight.double(), conv.bias.double(), padding=1).float()
@@ -95,9 +130,11 @@ def test_reference_is_the_convolution_when_unrounded() -> None:
     (64, 40, 13, 13, "linear", 128, 50),
     (32, 24, 10, 6, "mish", 3, 20),  # an activation the kernel does not fuse
 ])
-def test_kernel_equals_integer_reference(c: int, o: int, h: int, w: int, act: str, zero: int, spread: int) -> None:
+@pytest.mark.parametrize("tile", [2, 4])
+def test_kernel_equals_integer_reference(c: int, o: int, h: int, w: int, act: str, zero: int, spread: int,
+                                         tile: int) -> None:
     conv = _conv(c, o, act, seed=c)
-    layer = Int8Winograd(conv, (0.037, zero))
+    layer = Int8Winograd(conv, (0.037, zero), tile=tile)
     q = _codes((2, c, h, w), seed=o, spread=spread)
     out = layer(q)
     ref = _reference(layer, conv, q)
@@ -114,10 +151,33 @@ def test_full_codes_do_not_saturate(codes: int) -> None:
     with torch.no_grad():
         conv.weight.copy_(torch.randint(0, 2, conv.weight.shape, generator=torch.Generator().manual_seed(1)) * 2.0
                           - 1.0)
-    layer = Int8Winograd(conv, (1.0, 128 if codes == 0 else 0))
+    layer = Int8Winograd(conv, (1.0, 128 if codes == 0 else 0), tile=2)
     q = torch.full((1, 32, 6, 6), codes, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     t, _ = transformed_weights(conv.weight)
     assert int(t.abs().float().topk(2, dim=2).values.sum(2).max()) >= 127  # the bound is reached
+    out, ref = layer(q), _reference(layer, conv, q)
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("pattern", ["0", "255", "checkerboard"])
+def test_f4_sums_at_the_bound_stay_exact(pattern: str) -> None:
+    """F(4x4): weights all 1 (every channel's transformed codes equal, so the sums over the channels add up
+    without cancelling) scaled to the bound sum |U codes| <= (2^31 - 1) // 4096, and inputs at their extremes
+    (|V| up to 100 x 255, shifted back under 4096): the int32 sums come within 2x of overflowing, and must be
+    exact. Codes scaled by max |U| / 32767 alone would overflow here."""
+    conv = _conv(64, 16, "linear")
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    zero = {"0": 255, "255": 0, "checkerboard": 128}[pattern]
+    q = torch.full((1, 64, 12, 12), int(pattern) if pattern != "checkerboard" else 0, dtype=torch.uint8)
+    if pattern == "checkerboard":
+        q[..., ::2, ::2] = q[..., 1::2, 1::2] = 255
+    q = q.contiguous(memory_format=torch.channels_last)
+    layer = Int8Winograd(conv, (1.0, zero), tile=4)
+    codes, _ = transformed_weights_f4(conv.weight)
+    l1 = codes.abs().long().sum(2)
+    assert int(l1.max()) <= (2**31 - 1) // 4096 and int(l1.max()) >= 0.99 * ((2**31 - 1) // 4096)
+    assert int(codes.abs().max()) <= 32767
     out, ref = layer(q), _reference(layer, conv, q)
     assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
 
@@ -175,4 +235,5 @@ def test_chosen_when_onednn_is_held_to_avx2() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "winograd layers 2" in done.stdout and "as int8 Winograd F(2x2, 3x3) (the AVX2 kernel)" in done.stdout
+    assert "winograd layers 2" in done.stdout
+    assert "2 of them as Winograd on int8 codes, F(4x4) 2, F(2x2) 0 (the AVX2 kernels)" in done.stdout

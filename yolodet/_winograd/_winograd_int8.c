@@ -1,14 +1,18 @@
-/* yolodet._winograd_int8: Python binding of the AVX2 int8 Winograd F(2x2, 3x3) convolution (winograd_int8.h).
+/* yolodet._winograd_int8: Python binding of the AVX2 int8 Winograd convolutions, F(2x2, 3x3) in 8 bits
+ * (winograd_int8.h) and F(4x4, 3x3) with 16-bit transformed operands (winograd_f4.h).
  *
- * conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads) -> None
+ * conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads) -> None: F(2x2)
  *   x: uint8 [H, W, C] codes (zero point z); packed: int8 [16, ceil(O/16), ceil(C/4), 16, 4];
  *   corr: int32 [16, O]; scale: float32 [16, O]; bias: float32 [O]; out: float32 [H, W, O], written.
+ * conv4(x, z, packed, scale, bias, slope, out, H, W, C, O, threads) -> None: F(4x4)
+ *   packed: int16 [36, ceil(O/16), ceil(C/2), 16, 2]; scale: float32 [36, O]; the others as conv's.
  * Every array is a C-contiguous buffer (numpy, or torch through .numpy()); sizes are checked against H, W, C, O.
  * The GIL is released while it runs. Only call it on a CPU with AVX2 and FMA (the module is built for them).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "winograd_f4.h"
 #include "winograd_int8.h"
 
 static int check(Py_buffer *b, Py_ssize_t bytes, const char *name) {
@@ -52,13 +56,47 @@ static PyObject *conv(PyObject *self, PyObject *args) {
     return result;
 }
 
+static PyObject *conv4(PyObject *self, PyObject *args) {
+    Py_buffer x, packed, scale, bias, out;
+    int z, H, W, C, O, threads, rc = 0;
+    float slope;
+    if (!PyArg_ParseTuple(args, "y*iy*y*y*fw*iiiii", &x, &z, &packed, &scale, &bias, &slope, &out, &H, &W, &C, &O,
+                          &threads))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t cp = (C + 1) / 2, ob = (O + WINO4_NR - 1) / WINO4_NR;
+    if (H < 1 || W < 1 || C < 1 || O < 1 || threads < 1 || z < 0 || z > 255) {
+        PyErr_SetString(PyExc_ValueError, "H, W, C, O and threads must be positive and 0 <= z <= 255");
+    } else if (check(&x, (Py_ssize_t)H * W * C, "x") && check(&packed, 36 * ob * cp * WINO4_NR * 2 * 2, "packed") &&
+               check(&scale, 36 * (Py_ssize_t)O * 4, "scale") && check(&bias, (Py_ssize_t)O * 4, "bias") &&
+               check(&out, (Py_ssize_t)H * W * O * 4, "out")) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = winograd_f4_conv(x.buf, H, W, C, z, packed.buf, O, scale.buf, bias.buf, slope, out.buf, threads);
+        Py_END_ALLOW_THREADS
+        if (rc != 0)
+            PyErr_NoMemory();
+        else
+            result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&packed);
+    PyBuffer_Release(&scale);
+    PyBuffer_Release(&bias);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"conv", conv, METH_VARARGS,
      "conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads): int8 Winograd F(2x2, 3x3), AVX2"},
+    {"conv4", conv4, METH_VARARGS,
+     "conv4(x, z, packed, scale, bias, slope, out, H, W, C, O, threads): Winograd F(4x4, 3x3) on uint8 codes, "
+     "16-bit transformed operands, AVX2"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_winograd_int8",
-                                    "int8 Winograd F(2x2, 3x3) convolution for AVX2 CPUs", -1, methods};
+                                    "Winograd convolutions on int8 codes (F(2x2, 3x3), F(4x4, 3x3)) for AVX2 CPUs", -1,
+                                    methods};
 
 PyMODINIT_FUNC PyInit__winograd_int8(void) { return PyModule_Create(&module); }

@@ -18,9 +18,10 @@ What runs how:
   the image, 3 channels: memory-bound, nothing to gain) stays fp32, and so do the convolutions that feed a
   detection head (their raw outputs are the boxes and scores; 2% of yolov3-tiny's multiply-adds): on coco128
   (yolov3-tiny, letterbox, VNNI, calibrated on coco128) that moves AP50 from 0.0035 below fp32 to 0.0001 below.
-- Without VNNI (:func:`cpu_has_vnni` False: AVX2 CPUs), 3x3 stride-1 convolutions run as int8 Winograd F(2x2, 3x3)
-  instead (:class:`~yolodet.inference.winograd_int8.Int8Winograd`, a hand-written AVX2 kernel): oneDNN's direct
-  int8 kernel is there no faster than the fp32 path's Winograd, and this is twice as fast as either. With VNNI the
+- Without VNNI (:func:`cpu_has_vnni` False: AVX2 CPUs), 3x3 stride-1 convolutions run as Winograd on the int8 codes
+  instead, F(4x4, 3x3) with 16-bit transformed operands or F(2x2, 3x3) in 8 bits
+  (:class:`~yolodet.inference.winograd_int8.Int8Winograd`, hand-written AVX2 kernels): oneDNN's direct int8 kernel
+  is there no faster than the fp32 path's Winograd, and these are 1.5-2.5x faster than either. With VNNI the
   direct kernel is faster and runs everywhere. ``winograd=False`` keeps the direct kernel.
 - 2x2/2 ``[maxpool]``, nearest ``[upsample]`` and one-input ``[route]`` work on whichever form their input has
   (uint8 or fp32; exact either way: max, copy and slicing commute with a monotonic quantisation).
@@ -186,10 +187,11 @@ class QuantizedNet(nn.Module):
             if (i > 0 and i not in head_inputs and isinstance(layer, FrozenConv)
                     and QuantConv.applies(layer)):
                 layers[i] = (Int8Winograd if wino and Int8Winograd.applies(layer) else QuantConv)(layer, qps[i - 1])
-        n = sum(isinstance(layer, Int8Winograd) for layer in layers)
-        log.info("int8: %d convolutions, %d of them as int8 Winograd F(2x2, 3x3) (%s)", len(self.int8_layers()), n,
+        tiles = [layer.tile for layer in layers if isinstance(layer, Int8Winograd)]
+        log.info("int8: %d convolutions, %d of them as Winograd on int8 codes, F(4x4) %d, F(2x2) %d (%s)",
+                 len(self.int8_layers()), len(tiles), tiles.count(4), tiles.count(2),
                  "oneDNN has VNNI here: its direct kernel is faster" if winograd and not wino
-                 else "the AVX2 kernel" if n else "none applies or the kernel is not available here")
+                 else "the AVX2 kernels" if tiles else "none applies or the kernel is not available here")
 
     @property
     def heads(self):
