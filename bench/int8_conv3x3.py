@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Where int8 can and cannot beat fp32 on a CPU: one 3x3 convolution (+ leaky) at a time, the shapes of
-yolov3 and yolov3-tiny at 416, batch 1.
+yolov3 and yolov3-tiny at 416, batch 1 (and yolov3's 1x1 shapes in a second table).
 
 Prints per layer (ms, median of ``--runs`` after warm-up; random weights and inputs):
 
@@ -25,6 +25,10 @@ Prints per layer (ms, median of ``--runs`` after warm-up; random weights and inp
   int8 fast mode picks on this layer without VNNI (:func:`~yolodet.inference.winograd_int8.f4_pays`; oneDNN's
   direct int8 below 32 input channels), its cold time (int8 direct: warm) over the faster fp32 column.
 
+A second table times yolo-v3's 1x1 shapes (+ leaky): fp32 direct, oneDNN's int8 (:class:`QuantConv`, leaky after
+it in fp32) and yolodet's AVX2 1x1 kernel (:class:`~yolodet.inference.pointwise_int8.Int8Pointwise`, leaky fused),
+warm and cold, what the int8 fast mode runs on them without VNNI.
+
 Run it twice: as is, and with ``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment, which holds oneDNN to what an
 AVX2-only CPU runs (no VNNI: int8 multiply-adds by ``vpmaddubsw`` + ``vpmaddwd``). The header prints the ISA.
 
@@ -48,6 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm  # noqa: E402
 from yolodet.inference.memory import keep_freed_memory  # noqa: E402
+from yolodet.inference.pointwise_int8 import Int8Pointwise  # noqa: E402
 from yolodet.inference.quantize import QuantConv, cpu_has_vnni, int8_available  # noqa: E402
 from yolodet.inference.winograd import Winograd3x3, winograd_pays  # noqa: E402
 from yolodet.inference.winograd_int8 import Int8Winograd, f4_pays, int8_winograd_available  # noqa: E402
@@ -56,6 +61,9 @@ from yolodet.modeling.model import Darknet  # noqa: E402
 # (in channels, out channels, map side): every 3x3 stride-1 shape of yolov3 (and yolov3-tiny's 16 -> 32 and
 # 384 -> 256) at 416.
 SHAPES = ((16, 32, 208), (32, 64, 208), (64, 128, 104), (128, 256, 52), (256, 512, 26), (384, 256, 26), (512, 1024, 13))
+# The same for its 1x1 convolutions (the residual blocks' and the heads' widest).
+SHAPES_1X1 = ((64, 32, 208), (128, 64, 104), (256, 128, 52), (384, 128, 52), (512, 256, 26), (768, 256, 26),
+              (1024, 512, 13))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -80,10 +88,11 @@ def median_ms(fn: Callable[[], object], runs: int, before: Callable[[], object] 
     return statistics.median(times) * 1e3
 
 
-def direct_conv(c: int, o: int, side: int) -> FrozenConv:
-    """One BN-folded leaky 3x3 conv, C -> O at side x side, random weights (as a cfg would build it), Winograd off."""
+def direct_conv(c: int, o: int, side: int, size: int = 3) -> FrozenConv:
+    """One BN-folded leaky size x size conv, C -> O at side x side, random weights (as a cfg would build it),
+    Winograd off."""
     cfg = (f"[net]\nwidth={side}\nheight={side}\nchannels={c}\n\n[convolutional]\nbatch_normalize=1\n"
-           f"filters={o}\nsize=3\nstride=1\npad=1\nactivation=leaky\n")
+           f"filters={o}\nsize={size}\nstride=1\npad=1\nactivation=leaky\n")
     torch.manual_seed(0)
     model = Darknet.from_cfg_text(cfg)
     for p in model.parameters():
@@ -163,6 +172,21 @@ def main(args: argparse.Namespace) -> int:
                   f"{own[4][0]:.2f} | {own[4][1]:.2f} | {f'F({picked}x{picked})' if picked else 'int8 direct'} | "
                   f"{(own[picked][1] if picked else t_int8) / min(t_direct, t_wino):.2f} |",
                   flush=True)
+        print("\n| C -> O @ map (1x1) | GMAC | fp32 direct | int8 oneDNN | int8 oneDNN cold | yolodet 1x1 "
+              "| yolodet 1x1 cold | yolodet / oneDNN, cold |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for c, o, side in SHAPES_1X1:
+            x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
+            codes = torch.randint(0, 256, x.shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+            direct = direct_conv(c, o, side, size=1)
+            qconv = QuantConv(direct, (1.0 / 255, 0))
+            own = Int8Pointwise(direct, (1.0 / 255, 0)) if Int8Pointwise.applies(direct) else None
+            t_fp32 = median_ms(lambda: direct(x), args.runs)
+            t_q = [median_ms(lambda: qconv(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
+            t_own = ([median_ms(lambda: own(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
+                     if own is not None else [float("nan")] * 2)
+            print(f"| {c} -> {o} @ {side} | {c * o * side * side / 1e9:.2f} | {t_fp32:.2f} | {t_q[0]:.2f} | "
+                  f"{t_q[1]:.2f} | {t_own[0]:.2f} | {t_own[1]:.2f} | {t_own[1] / t_q[1]:.2f} |", flush=True)
     return 0
 
 

@@ -17,6 +17,7 @@ from yolodet.inference import quantize as quantize_module
 from yolodet.inference.calibrate import calibrate
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm
 from yolodet.inference.optimize import optimize_for_inference
+from yolodet.inference.pointwise_int8 import Int8Pointwise
 from yolodet.inference.quantize import QuantConv, int8_available
 from yolodet.inference.winograd_int8 import (Int8Winograd, f4_pays, int8_winograd_available, transformed_weights,
                                              transformed_weights_f4)
@@ -125,7 +126,7 @@ def test_reference_is_the_convolution_when_unrounded(tile: int) -> None:
 
 @pytest.mark.parametrize("c, o, h, w, act, zero, spread", [
     (16, 16, 8, 8, "leaky", 0, 128),
-    (37, 21, 7, 9, "leaky", 77, 20),  # channels past 16 and not a multiple of 4, outputs past 16 and 8, odd sides
+    (37, 29, 7, 9, "leaky", 77, 20),  # channels past 16 and not a multiple of 4, outputs past 24, odd sides
     (3, 5, 1, 1, "relu", 255, 128),  # one pixel: every tap but the centre is padding
     (64, 40, 13, 13, "linear", 128, 50),
     (32, 24, 10, 6, "mish", 3, 20),  # an activation the kernel does not fuse
@@ -187,8 +188,8 @@ def _block(filters: int, size: int, stride: int, act: str) -> str:
             f"activation={act}\n\n")
 
 
-# 0: the first conv (fp32); 1, 3: int8 Winograd (3 with an activation the kernel does not fuse); 4: 1x1; 5: too few
-# input channels, 6: stride 2 (both oneDNN's direct int8); 7: feeds the head (fp32).
+# 0: the first conv (fp32); 1, 3: int8 Winograd (3 with an activation the kernel does not fuse); 4: 1x1 (the AVX2
+# 1x1 kernel); 5: too few input channels, 6: stride 2 (both oneDNN's direct int8); 7: feeds the head (fp32).
 NET = ("[net]\nwidth=64\nheight=64\nchannels=3\n\n" + _block(32, 3, 1, "leaky") + _block(32, 3, 1, "leaky")
        + "[maxpool]\nsize=2\nstride=2\n\n" + _block(64, 3, 1, "mish") + _block(16, 1, 1, "leaky")
        + _block(32, 3, 1, "leaky") + _block(64, 3, 2, "leaky")
@@ -208,11 +209,12 @@ def test_network_uses_it_where_onednn_has_no_vnni(monkeypatch) -> None:
     model, net = _net(monkeypatch, vnni=False)
     layers = net.net.layers
     assert [i for i, layer in enumerate(layers) if isinstance(layer, Int8Winograd)] == [1, 3]
-    assert [i for i, layer in enumerate(layers) if isinstance(layer, QuantConv)] == [4, 5, 6]
+    assert [i for i, layer in enumerate(layers) if isinstance(layer, Int8Pointwise)] == [4]
+    assert [i for i, layer in enumerate(layers) if isinstance(layer, QuantConv)] == [5, 6]
     _, direct = _net(monkeypatch, vnni=False, winograd=False)
-    assert not any(isinstance(layer, Int8Winograd) for layer in direct.net.layers)
+    assert not any(isinstance(layer, (Int8Winograd, Int8Pointwise)) for layer in direct.net.layers)
     _, vnni = _net(monkeypatch, vnni=True)
-    assert not any(isinstance(layer, Int8Winograd) for layer in vnni.net.layers)
+    assert not any(isinstance(layer, (Int8Winograd, Int8Pointwise)) for layer in vnni.net.layers)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
@@ -236,4 +238,4 @@ def test_chosen_when_onednn_is_held_to_avx2() -> None:
                           env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "winograd layers 2" in done.stdout
-    assert "2 of them as Winograd on int8 codes, F(4x4) 2, F(2x2) 0 (the AVX2 kernels)" in done.stdout
+    assert "2 of them as Winograd on int8 codes, F(4x4) 2, F(2x2) 0, and 1 1x1 (the AVX2 kernels)" in done.stdout

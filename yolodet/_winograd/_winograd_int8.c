@@ -6,12 +6,16 @@
  *   corr: int32 [16, O]; scale: float32 [16, O]; bias: float32 [O]; out: float32 [H, W, O], written.
  * conv4(x, z, packed, scale, bias, slope, out, H, W, C, O, threads) -> None: F(4x4)
  *   packed: int16 [36, ceil(O/16), ceil(C/2), 16, 2]; scale: float32 [36, O]; the others as conv's.
+ * pointwise(x, packed, corr, scale, bias, slope, out, P, C, O, threads) -> None: 1x1 (pointwise_int8.h)
+ *   x: uint8 [P, C] codes (C a multiple of 4); packed: int8 [ceil(O/16), C/4, 16, 4]; corr: int32 [O];
+ *   scale, bias: float32 [O]; out: float32 [P, O], written.
  * Every array is a C-contiguous buffer (numpy, or torch through .numpy()); sizes are checked against H, W, C, O.
  * The GIL is released while it runs. Only call it on a CPU with AVX2 and FMA (the module is built for them).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "pointwise_int8.h"
 #include "winograd_f4.h"
 #include "winograd_int8.h"
 
@@ -86,12 +90,42 @@ static PyObject *conv4(PyObject *self, PyObject *args) {
     return result;
 }
 
+static PyObject *pointwise(PyObject *self, PyObject *args) {
+    Py_buffer x, packed, corr, scale, bias, out;
+    int P, C, O, threads;
+    float slope;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*fw*iiii", &x, &packed, &corr, &scale, &bias, &slope, &out, &P, &C, &O,
+                          &threads))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t ob = (O + POINTWISE_NR - 1) / POINTWISE_NR;
+    if (P < 1 || C < 4 || C % 4 || O < 1 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "P, O and threads must be positive and C a positive multiple of 4");
+    } else if (check(&x, (Py_ssize_t)P * C, "x") && check(&packed, ob * POINTWISE_NR * C, "packed") &&
+               check(&corr, (Py_ssize_t)O * 4, "corr") && check(&scale, (Py_ssize_t)O * 4, "scale") &&
+               check(&bias, (Py_ssize_t)O * 4, "bias") && check(&out, (Py_ssize_t)P * O * 4, "out")) {
+        Py_BEGIN_ALLOW_THREADS
+        pointwise_int8_conv(x.buf, P, C, packed.buf, O, corr.buf, scale.buf, bias.buf, slope, out.buf, threads);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&packed);
+    PyBuffer_Release(&corr);
+    PyBuffer_Release(&scale);
+    PyBuffer_Release(&bias);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"conv", conv, METH_VARARGS,
      "conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads): int8 Winograd F(2x2, 3x3), AVX2"},
     {"conv4", conv4, METH_VARARGS,
      "conv4(x, z, packed, scale, bias, slope, out, H, W, C, O, threads): Winograd F(4x4, 3x3) on uint8 codes, "
      "16-bit transformed operands, AVX2"},
+    {"pointwise", pointwise, METH_VARARGS,
+     "pointwise(x, packed, corr, scale, bias, slope, out, P, C, O, threads): 1x1 convolution on uint8 codes, AVX2"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,13 +10,16 @@
  *      they are still in L1, written straight to the float output. Block order: see winograd_int8_conv.
  */
 #include "winograd_int8.h"
+#include "products_u8s8.h"
 
 #include <immintrin.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MR 4 /* tiles per register block */
+#define MR U8S8_MR /* tiles per register block */
+_Static_assert(WINO_NR == U8S8_NR, "one packed weight block is one product block wide");
+
 #define L2_BUDGET ((size_t)512 * 1024) /* bytes of weights or transformed input kept in a core's L2 (1 MB on Zen 4) */
 
 static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -137,38 +140,6 @@ static void input_tile(const uint8_t *x, int H, int W, int C, int z, int ty, int
     }
 }
 
-/* acc[r][0..15] = sum over 4-channel groups k of rows[r][4k..4k+3] . w[k][0..15][0..3]. */
-static inline void products(const uint8_t *const rows[MR], const int8_t *w, int cq, int32_t acc[MR][WINO_NR]) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
-            c31 = c00;
-    const uint8_t *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
-    for (int k = 0; k < cq; k++) {
-        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k * 64));
-        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k * 64 + 32));
-        __m256i a;
-        int32_t s;
-#define ROW(R, A0, A1)                                                                                              \
-    memcpy(&s, R + 4 * k, 4);                                                                                      \
-    a = _mm256_set1_epi32(s);                                                                                      \
-    A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w0), ones));                               \
-    A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w1), ones));
-        ROW(r0, c00, c01)
-        ROW(r1, c10, c11)
-        ROW(r2, c20, c21)
-        ROW(r3, c30, c31)
-#undef ROW
-    }
-    _mm256_storeu_si256((__m256i *)acc[0], c00);
-    _mm256_storeu_si256((__m256i *)(acc[0] + 8), c01);
-    _mm256_storeu_si256((__m256i *)acc[1], c10);
-    _mm256_storeu_si256((__m256i *)(acc[1] + 8), c11);
-    _mm256_storeu_si256((__m256i *)acc[2], c20);
-    _mm256_storeu_si256((__m256i *)(acc[2] + 8), c21);
-    _mm256_storeu_si256((__m256i *)acc[3], c30);
-    _mm256_storeu_si256((__m256i *)(acc[3] + 8), c31);
-}
-
 /* 8 output channels of one tile: 16 int32 sums -> up to 2x2 float outputs. */
 static inline void output8(int32_t acc[16][MR][WINO_NR], int r, int j0, const int32_t *corr, const float *scale,
                            const float *fac, int O, int o, __m256 b, float slope, float *out, int W, int oy, int ox,
@@ -241,7 +212,7 @@ static void block(const struct conv_args *a, int tb, int bo) {
     for (int p = 0; p < 16; p++) {
         for (int r = 0; r < MR; r++) /* past the last tile: recompute the last one, never stored */
             rows[r] = a->v + (size_t)(t0 + (r < nt ? r : nt - 1)) * a->tile_bytes + (size_t)p * a->c4;
-        products(rows, a->packed + ((size_t)p * a->ob + bo) * a->cq * WINO_NR * 4, a->cq, acc[p]);
+        products_u8s8(rows, a->packed + ((size_t)p * a->ob + bo) * a->cq * WINO_NR * 4, a->cq, acc[p]);
     }
     for (int r = 0; r < nt; r++) {
         const int t = t0 + r, oy = 2 * (t / a->tw), ox = 2 * (t % a->tw);

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_flags", "cpu_has_vnni", "int8_weights"]
+__all__ = ["avx2_kernels", "cpu_flags", "cpu_has_vnni", "int8_weights"]
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.
 _NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
@@ -27,6 +27,19 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
     return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
                           []))
+
+
+@functools.lru_cache(maxsize=None)
+def avx2_kernels():
+    """yolodet's AVX2 int8 kernels (the extension ``yolodet._winograd_int8``: Winograd F(2x2) and F(4x4), 1x1), or
+    None where it was not built or this CPU lacks AVX2 or FMA."""
+    if not {"avx2", "fma"} <= cpu_flags():
+        return None
+    try:
+        from yolodet import _winograd_int8
+    except ImportError:
+        return None
+    return _winograd_int8
 
 
 def cpu_has_vnni() -> bool:

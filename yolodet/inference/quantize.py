@@ -51,6 +51,7 @@ from yolodet.inference.calibrate import Calibration
 from yolodet.inference.frozen import FrozenConv, PairMaxPool
 from yolodet.inference.int8_rounding import cpu_has_vnni, int8_weights
 from yolodet.inference.packed import PackedWeights
+from yolodet.inference.pointwise_int8 import Int8Pointwise
 from yolodet.inference.winograd_int8 import Int8Winograd
 from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.blocks.structural import Route, Upsample
@@ -130,7 +131,7 @@ class QuantConv(nn.Module):
         return y if self._frozen is None else self._frozen._activate_(y)
 
 
-_INT8 = (QuantConv, Int8Winograd)  # the layers that take uint8 codes
+_INT8 = (QuantConv, Int8Winograd, Int8Pointwise)  # the layers that take uint8 codes
 
 
 class _Value:
@@ -182,16 +183,20 @@ class QuantizedNet(nn.Module):
         self.input_qp = _qparams(*calibration.layer(-1))
         self.qps = qps
         head_inputs = {i - 1 for i, layer in enumerate(layers) if isinstance(layer, HeadBlock)}
-        wino = winograd and not cpu_has_vnni()  # with VNNI oneDNN's direct int8 kernel is the faster one
+        own = winograd and not cpu_has_vnni()  # with VNNI oneDNN's direct int8 kernels are the faster ones
         for i, layer in enumerate(layers):
             if (i > 0 and i not in head_inputs and isinstance(layer, FrozenConv)
                     and QuantConv.applies(layer)):
-                layers[i] = (Int8Winograd if wino and Int8Winograd.applies(layer) else QuantConv)(layer, qps[i - 1])
+                kind = (Int8Winograd if own and Int8Winograd.applies(layer)
+                        else Int8Pointwise if own and Int8Pointwise.applies(layer) else QuantConv)
+                layers[i] = kind(layer, qps[i - 1])
         tiles = [layer.tile for layer in layers if isinstance(layer, Int8Winograd)]
-        log.info("int8: %d convolutions, %d of them as Winograd on int8 codes, F(4x4) %d, F(2x2) %d (%s)",
-                 len(self.int8_layers()), len(tiles), tiles.count(4), tiles.count(2),
-                 "oneDNN has VNNI here: its direct kernel is faster" if winograd and not wino
-                 else "the AVX2 kernels" if tiles else "none applies or the kernel is not available here")
+        pointwise = sum(isinstance(layer, Int8Pointwise) for layer in layers)
+        log.info("int8: %d convolutions, %d of them as Winograd on int8 codes, F(4x4) %d, F(2x2) %d, and %d 1x1 (%s)",
+                 len(self.int8_layers()), len(tiles), tiles.count(4), tiles.count(2), pointwise,
+                 "oneDNN has VNNI here: its direct kernels are faster" if winograd and not own
+                 else "the AVX2 kernels" if tiles or pointwise
+                 else "none applies or the kernels are not available here")
 
     @property
     def heads(self):
@@ -210,7 +215,8 @@ class QuantizedNet(nn.Module):
         return self.folded.layers
 
     def int8_layers(self) -> list[int]:
-        """Indices of the layers whose convolution runs in int8 (:class:`QuantConv` or :class:`Int8Winograd`)."""
+        """Indices of the layers whose convolution runs in int8 (:class:`QuantConv`, :class:`Int8Winograd` or
+        :class:`Int8Pointwise`)."""
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, _INT8)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

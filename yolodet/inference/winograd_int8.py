@@ -43,14 +43,13 @@ faster), the CPU has AVX2 and FMA, and the extension was built.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from yolodet.inference.frozen import FrozenConv
-from yolodet.inference.int8_rounding import cpu_flags, int8_weights
+from yolodet.inference.int8_rounding import avx2_kernels, int8_weights
 from yolodet.inference.winograd import winograd_weights
 
 __all__ = ["Int8Winograd", "f4_pays", "int8_winograd_available", "pack", "pack_f4", "transformed_weights",
@@ -75,21 +74,9 @@ _F4_BYTES_PER_TILE = 32 * 1024
 _MIN_CHANNELS = 32
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel():
-    """The extension module, or None where it was not built or this CPU lacks AVX2 or FMA."""
-    if not {"avx2", "fma"} <= cpu_flags():
-        return None
-    try:
-        from yolodet import _winograd_int8
-    except ImportError:
-        return None
-    return _winograd_int8
-
-
 def int8_winograd_available() -> bool:
-    """Whether the AVX2 int8 Winograd kernel can run here (built, and the CPU has AVX2 and FMA)."""
-    return _kernel() is not None
+    """Whether the AVX2 int8 Winograd kernels can run here (built, and the CPU has AVX2 and FMA)."""
+    return avx2_kernels() is not None
 
 
 def transformed_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +177,7 @@ class Int8Winograd(nn.Module):
                 and int8_winograd_available())
 
     def forward(self, q: torch.Tensor, refs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        kernel = _kernel()
+        kernel = avx2_kernels()
         q = q.contiguous(memory_format=torch.channels_last)
         b, c, h, w = q.shape
         out = torch.empty(b, h, w, self.filters)

@@ -1,0 +1,48 @@
+/* The uint8 x int8 product block shared by the int8 kernels for AVX2 (no VNNI): winograd_int8.c's F(2x2) products
+ * and pointwise_int8.c's 1x1 convolution. vpmaddubsw multiplies uint8 by int8 and sums each pair in 16 bits
+ * (saturating: the callers bound every pair of weight codes so it cannot), vpmaddwd by ones sums pairs of pairs into
+ * 32 bits. */
+#ifndef YOLODET_PRODUCTS_U8S8_H
+#define YOLODET_PRODUCTS_U8S8_H
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#define U8S8_MR 4  /* rows per register block */
+#define U8S8_NR 16 /* output channels per packed weight block */
+
+/* acc[r][0..15] = sum over 4-channel groups k of rows[r][4k..4k+3] . w[k][0..15][0..3]. */
+static inline void products_u8s8(const uint8_t *const rows[U8S8_MR], const int8_t *w, int cq,
+                                 int32_t acc[U8S8_MR][U8S8_NR]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+            c31 = c00;
+    const uint8_t *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+    for (int k = 0; k < cq; k++) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k * 64));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k * 64 + 32));
+        __m256i a;
+        int32_t s;
+#define ROW(R, A0, A1)                                                                                              \
+    memcpy(&s, R + 4 * k, 4);                                                                                      \
+    a = _mm256_set1_epi32(s);                                                                                      \
+    A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w0), ones));                               \
+    A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w1), ones));
+        ROW(r0, c00, c01)
+        ROW(r1, c10, c11)
+        ROW(r2, c20, c21)
+        ROW(r3, c30, c31)
+#undef ROW
+    }
+    _mm256_storeu_si256((__m256i *)acc[0], c00);
+    _mm256_storeu_si256((__m256i *)(acc[0] + 8), c01);
+    _mm256_storeu_si256((__m256i *)acc[1], c10);
+    _mm256_storeu_si256((__m256i *)(acc[1] + 8), c11);
+    _mm256_storeu_si256((__m256i *)acc[2], c20);
+    _mm256_storeu_si256((__m256i *)(acc[2] + 8), c21);
+    _mm256_storeu_si256((__m256i *)acc[3], c30);
+    _mm256_storeu_si256((__m256i *)(acc[3] + 8), c31);
+}
+
+#endif
