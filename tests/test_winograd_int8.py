@@ -80,7 +80,7 @@ def _reference(layer: Int8Winograd, conv: FrozenConv, q: torch.Tensor, rounded: 
 
 
 def _reference_f4(layer: Int8Winograd, conv: FrozenConv, q: torch.Tensor, rounded: bool) -> torch.Tensor:
-    """:func:`_reference` of F(4x4) with 16-bit transformed operands (``yolodet/_winograd/winograd_f4.h``)."""
+    """:func:`_reference` of F(4x4) with 16-bit transformed operands (``yolodet/_int8/winograd_f4.h``)."""
     scale_in, z = layer.in_qp
     b, c, h, w = q.shape
     th, tw = -(-h // 4), -(-w // 4)

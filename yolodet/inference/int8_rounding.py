@@ -31,15 +31,15 @@ def cpu_flags() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=None)
 def avx2_kernels():
-    """yolodet's AVX2 int8 kernels (the extension ``yolodet._winograd_int8``: Winograd F(2x2) and F(4x4), 1x1), or
+    """yolodet's AVX2 int8 kernels (the extension ``yolodet._int8_avx2``: Winograd F(2x2) and F(4x4), 1x1), or
     None where it was not built or this CPU lacks AVX2 or FMA."""
     if not {"avx2", "fma"} <= cpu_flags():
         return None
     try:
-        from yolodet import _winograd_int8
+        from yolodet import _int8_avx2
     except ImportError:
         return None
-    return _winograd_int8
+    return _int8_avx2
 
 
 def cpu_has_vnni() -> bool:

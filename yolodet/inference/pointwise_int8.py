@@ -3,7 +3,7 @@
 Why: oneDNN's int8 convolution in torch 2.14 has no leaky post-op, so :class:`~yolodet.inference.quantize.QuantConv`
 writes its fp32 output and reads it again for the activation; and without VNNI its 1x1 kernels reach ~75 GMAC/s a
 core on yolo-v3's shapes, where the product block of yolodet's own AVX2 kernels (``vpmaddubsw`` + ``vpmaddwd``,
-``yolodet/_winograd/products_u8s8.h``) reaches ~95. ``yolodet/_winograd/pointwise_int8.c`` runs that block over
+``yolodet/_int8/products_u8s8.h``) reaches ~95. ``yolodet/_int8/pointwise_int8.c`` runs that block over
 pixels and fuses the dequantisation, bias and leaky/relu (`bench/int8_conv3x3.py`'s companion numbers are in the
 README).
 

@@ -5,7 +5,7 @@ Why: without VNNI an int8 multiply-add costs ``vpmaddubsw`` + ``vpmaddwd`` + ``v
 direct int8 3x3 convolution runs only ~1.7x faster than its fp32 one, while the fp32 path uses Winograd F(4x4, 3x3)
 (:mod:`yolodet.inference.winograd`): on a 3x3 layer the int8 mode was no faster than fp32 (``bench/int8_conv3x3.py``).
 PyTorch exposes no int8 Winograd and its int8 GEMMs cannot take transformed operands at full speed (measured in that
-script), hence hand-written kernels (``yolodet/_winograd/``, C with AVX2 intrinsics and OpenMP).
+script), hence hand-written kernels (``yolodet/_int8/``, C with AVX2 intrinsics and OpenMP).
 
 - **F(2x2, 3x3), 8 bits** (``winograd_int8.c``): 16 products per 2x2 output tile instead of 36 (2.25x fewer), at the
   direct kernel's instruction rate (``vpmaddubsw`` + ``vpmaddwd``).

@@ -1,5 +1,5 @@
-/* yolodet._winograd_int8: Python binding of the AVX2 int8 Winograd convolutions, F(2x2, 3x3) in 8 bits
- * (winograd_int8.h) and F(4x4, 3x3) with 16-bit transformed operands (winograd_f4.h).
+/* yolodet._int8_avx2: Python binding of the int8 fast mode's AVX2 kernels: Winograd F(2x2, 3x3) in 8 bits
+ * (winograd_int8.h), F(4x4, 3x3) with 16-bit transformed operands (winograd_f4.h), and 1x1 (pointwise_int8.h).
  *
  * conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads) -> None: F(2x2)
  *   x: uint8 [H, W, C] codes (zero point z); packed: int8 [16, ceil(O/16), ceil(C/4), 16, 4];
@@ -129,8 +129,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_winograd_int8",
-                                    "Winograd convolutions on int8 codes (F(2x2, 3x3), F(4x4, 3x3)) for AVX2 CPUs", -1,
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_int8_avx2",
+                                    "int8 convolutions for AVX2 CPUs: Winograd F(2x2), F(4x4); 1x1", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__winograd_int8(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__int8_avx2(void) { return PyModule_Create(&module); }
