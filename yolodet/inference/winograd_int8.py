@@ -70,7 +70,8 @@ _L1_BOUND = (2**31 - 1) // _VMAX  # sum over the channels of |U codes|: keeps ev
 # 512 -> 1024 @13 2.3 -> 3.5 (2.4 MB).
 _F4_BYTES_PER_TILE = 32 * 1024
 # Fewer input channels: the per-tile transforms outweigh the products saved (bench/int8_conv3x3.py, AVX2: 16 -> 32
-# @208 takes 1.68 ms against oneDNN's direct 1.02; 32 -> 64 @208 breaks even, 3.88 against 3.81).
+# @208 takes 1.25-1.48 ms in F(4x4) and 1.8-2.0 in F(2x2) against oneDNN's direct 1.02; 32 -> 64 @208 2.8 in
+# F(4x4) against 3.9).
 _MIN_CHANNELS = 32
 
 
