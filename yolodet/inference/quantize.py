@@ -21,8 +21,10 @@ What runs how:
 - Without VNNI (:func:`cpu_has_vnni` False: AVX2 CPUs), 3x3 stride-1 convolutions run as Winograd on the int8 codes
   instead, F(4x4, 3x3) with 16-bit transformed operands or F(2x2, 3x3) in 8 bits
   (:class:`~yolodet.inference.winograd_int8.Int8Winograd`, hand-written AVX2 kernels): oneDNN's direct int8 kernel
-  is there no faster than the fp32 path's Winograd, and these are 1.5-2.5x faster than either. With VNNI the
-  direct kernel is faster and runs everywhere. ``winograd=False`` keeps the direct kernel.
+  is there no faster than the fp32 path's Winograd, and these are 1.5-2.5x faster than either. 1x1 convolutions
+  run in yolodet's own AVX2 kernel too (:class:`~yolodet.inference.pointwise_int8.Int8Pointwise`). Both fuse leaky
+  and relu. With VNNI oneDNN's direct kernels are faster and run everywhere. ``winograd=False`` keeps oneDNN's
+  direct kernels on AVX2 as well.
 - 2x2/2 ``[maxpool]``, nearest ``[upsample]`` and one-input ``[route]`` work on whichever form their input has
   (uint8 or fp32; exact either way: max, copy and slicing commute with a monotonic quantisation).
 - everything else (``[shortcut]``, multi-input ``[route]`` concatenation, other pools, ``[yolo]`` ...) is an fp32
