@@ -120,6 +120,19 @@ def test_predict_yields_one_frame_per_image_and_video_frame(tiny_weights: Path, 
         assert torch.equal(frame.detections.boxes, det.boxes) and torch.equal(frame.detections.labels, det.labels)
 
 
+def test_the_network_is_built_before_the_first_frame_is_timed(tiny_weights: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """A frame's ``ms`` ("Predicted in") is the network's time: the optimised copy (int8: with its calibration)
+    exists before the first forward, not made inside it."""
+    detector = Detector.from_cfg(TINY_CFG, tiny_weights, device="cpu", precision="bf16")
+    built_first = []
+    infer = Detector.infer
+    monkeypatch.setattr(Detector, "infer", lambda self, *a, **k: (built_first.append(self.optimized is not None),
+                                                                  infer(self, *a, **k))[1])
+    frames = list(predict(detector, [str(_image(tmp_path / "a.png", 1))], workers=0))
+    assert len(frames) == 1 and frames[0].error is None and built_first == [True]
+
+
 def test_unopenable_camera_and_stream_are_source_errors() -> None:
     with pytest.raises(SourceError, match="cannot open camera 7: no such camera"):
         LiveCapture(MediaInput(None, "camera", "7"))

@@ -108,6 +108,13 @@ class Detector:
         """The optimised copy of ``model`` that :meth:`infer` runs (None before it is first needed)."""
         return self._runner
 
+    def build(self) -> None:
+        """Make now what the next forward will run (the optimised copy with its int8 calibration, or the ONNX Runtime
+        session) instead of inside that forward, so that the forward's time is the network's (``yolodet detect``'s
+        "Predicted in"). Nothing to make where the next forward runs ``model`` itself (``optimize=False``, or the
+        first forward of ``optimize="auto"`` in fp32)."""
+        self._network()
+
     def _network(self) -> InferenceModel | OrtRunner | Darknet:
         """What the next forward runs: ``model`` itself, or its optimised copy or ONNX Runtime session (rebuilt
         when ``model``'s weights changed since it was made)."""

@@ -91,6 +91,8 @@ def predict_inputs(detector: Detector, inputs: Iterable[MediaInput], *, conf_thr
     check_thresholds(conf_thres, nms_thres)
     check_counts(batch_size=batch_size, max_frames=max_frames, workers=workers)
     inputs = list(inputs)
+    if inputs:
+        detector.build()  # the optimised copy (int8: its calibration) before any frame is timed
     settings = dict(conf_thres=conf_thres, nms_thres=nms_thres)
     images = [i for i in inputs if i.kind == "image"]
     if images:
