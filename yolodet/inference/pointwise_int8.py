@@ -4,8 +4,8 @@ Why: oneDNN's int8 convolution in torch 2.14 has no leaky post-op, so :class:`~y
 writes its fp32 output and reads it again for the activation; and without VNNI its 1x1 kernels reach ~75 GMAC/s a
 core on yolo-v3's shapes, where the product block of yolodet's own AVX2 kernels (``vpmaddubsw`` + ``vpmaddwd``,
 ``yolodet/_int8/products_u8s8.h``) reaches ~95. ``yolodet/_int8/pointwise_int8.c`` runs that block over
-pixels and fuses the dequantisation, bias and leaky/relu (`bench/int8_conv3x3.py`'s companion numbers are in the
-README).
+pixels and fuses the dequantisation, bias and leaky/relu: 0.86-0.94 of oneDNN's time per layer, caches cold
+(``bench/int8_conv3x3.py``'s 1x1 table, in the README).
 
 What it computes (exactly, int32 sums; ``tests/test_pointwise_int8.py``): uint8 codes x (zero point z) times the
 int8 weights of :func:`~yolodet.inference.int8_rounding.int8_weights` without VNNI (every pair of a channel's codes
