@@ -88,3 +88,16 @@ def oracle():
     except darknet_oracle.OracleError as exc:
         pytest.skip(f"the Darknet oracle does not build here: {str(exc).splitlines()[0]}")
     return darknet_oracle
+
+
+def frozen_conv(c: int, o: int, size: int = 3, act: str = "leaky", seed: int = 0, stride: int = 1):
+    """A BN-folded ``size`` x ``size`` [convolutional] (padding size // 2) with c inputs and o filters, random
+    weights: the :class:`~yolodet.inference.frozen.FrozenConv` the int8 layers are built from."""
+    from yolodet.inference.frozen import FrozenConv, fold_batchnorm
+    from yolodet.modeling.model import Darknet
+
+    cfg = (f"[net]\nwidth=16\nheight=16\nchannels={c}\n[convolutional]\nbatch_normalize=1\nfilters={o}\n"
+           f"size={size}\nstride={stride}\npad=1\nactivation={act}\n")
+    conv = fold_batchnorm(randomize(Darknet.from_cfg_text(cfg), seed=seed).eval()).layers[0]
+    assert isinstance(conv, FrozenConv)
+    return conv

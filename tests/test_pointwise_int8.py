@@ -8,24 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import randomize
-from yolodet.inference.frozen import FrozenConv, fold_batchnorm
-from yolodet.inference.int8_rounding import avx2_kernels, int8_weights
+from conftest import frozen_conv
+from yolodet.inference.frozen import FrozenConv
+from yolodet.inference.int8_kernels import avx2_kernels
+from yolodet.inference.int8_rounding import int8_weights
 from yolodet.inference.pointwise_int8 import Int8Pointwise
 from yolodet.inference.quantize import int8_available
-from yolodet.modeling.model import Darknet
 
 pytestmark = pytest.mark.skipif(not (avx2_kernels() is not None and int8_available()),
                                 reason="the AVX2 int8 kernels are not built or this CPU has no AVX2/FMA")
 
 
 def _conv(c: int, o: int, act: str = "leaky", seed: int = 0) -> FrozenConv:
-    """A BN-folded 1x1 [convolutional] with c inputs and o filters, random weights."""
-    cfg = (f"[net]\nwidth=8\nheight=8\nchannels={c}\n[convolutional]\nbatch_normalize=1\nfilters={o}\nsize=1\n"
-           f"stride=1\npad=1\nactivation={act}\n")
-    conv = fold_batchnorm(randomize(Darknet.from_cfg_text(cfg), seed=seed).eval()).layers[0]
-    assert isinstance(conv, FrozenConv)
-    return conv
+    return frozen_conv(c, o, size=1, act=act, seed=seed)
 
 
 def _reference(layer: Int8Pointwise, conv: FrozenConv, q: torch.Tensor, rounded: bool = True) -> torch.Tensor:
@@ -90,7 +85,4 @@ def test_full_codes_do_not_saturate(codes: int) -> None:
 def test_not_for_other_shapes() -> None:
     assert Int8Pointwise.applies(_conv(32, 16))
     assert not Int8Pointwise.applies(_conv(34, 16))  # not a multiple of 4 input channels
-    cfg = ("[net]\nwidth=8\nheight=8\nchannels=32\n[convolutional]\nbatch_normalize=1\nfilters=16\nsize=1\n"
-           "stride=2\npad=1\nactivation=leaky\n")
-    strided = fold_batchnorm(randomize(Darknet.from_cfg_text(cfg)).eval()).layers[0]
-    assert not Int8Pointwise.applies(strided)
+    assert not Int8Pointwise.applies(frozen_conv(32, 16, size=1, stride=2))

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, randomize
+from conftest import ROOT, frozen_conv, randomize
 from yolodet.inference import quantize as quantize_module
 from yolodet.inference.calibrate import calibrate
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm
@@ -38,12 +38,7 @@ G4 = torch.tensor([[6, 0, 0], [-4, -4, -4], [-4, 4, -4], [1, 2, 4], [1, -2, 4], 
 
 
 def _conv(c: int, o: int, act: str = "leaky", seed: int = 0) -> FrozenConv:
-    """A BN-folded 3x3 stride-1 [convolutional] with c inputs and o filters, random weights."""
-    cfg = (f"[net]\nwidth=16\nheight=16\nchannels={c}\n[convolutional]\nbatch_normalize=1\nfilters={o}\nsize=3\n"
-           f"stride=1\npad=1\nactivation={act}\n")
-    conv = fold_batchnorm(randomize(Darknet.from_cfg_text(cfg), seed=seed).eval()).layers[0]
-    assert isinstance(conv, FrozenConv)
-    return conv
+    return frozen_conv(c, o, size=3, act=act, seed=seed)
 
 
 def _reference(layer: Int8Winograd, conv: FrozenConv, q: torch.Tensor, rounded: bool = True) -> torch.Tensor:
@@ -181,6 +176,15 @@ def test_f4_sums_at_the_bound_stay_exact(pattern: str) -> None:
     assert int(codes.abs().max()) <= 32767
     out, ref = layer(q), _reference(layer, conv, q)
     assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+def test_f4_where_its_weights_are_few_per_tile() -> None:
+    """yolo-v3 at 416: F(4x4) on the 208, 104 and 52 maps, F(2x2) on 26 and 13 (its 16-bit weights, read on every
+    image, would outweigh the products saved); an Int8Winograd takes that choice at its cfg size."""
+    assert [f4_pays(o, c, s, s) for c, o, s in [(32, 64, 208), (64, 128, 104), (128, 256, 52), (256, 512, 26),
+                                               (512, 1024, 13)]] == [True, True, True, False, False]
+    assert Int8Winograd(_conv(64, 64), (0.02, 0)).tile == 4  # 16x16: 16 tiles, 4.6 KB of weights each
+    assert Int8Winograd(_conv(512, 512), (0.02, 0)).tile == 2  # 1.2 MB each
 
 
 def _block(filters: int, size: int, stride: int, act: str) -> str:

@@ -1,6 +1,6 @@
 """How the int8 fast mode rounds its weights, and what this CPU offers its kernels (VNNI decides the rounding; AVX2
-and FMA the Winograd kernel): shared by :mod:`yolodet.inference.quantize` (oneDNN's direct int8 convolution) and
-:mod:`yolodet.inference.winograd_int8` (the AVX2 int8 Winograd kernel). Why pairs of codes are bounded without VNNI:
+and FMA yolodet's own kernels): shared by :mod:`yolodet.inference.quantize` (oneDNN's direct int8 convolution),
+:mod:`yolodet.inference.int8_kernels` and the AVX2 layers built on it. Why pairs of codes are bounded without VNNI:
 the :mod:`~yolodet.inference.quantize` module docstring."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["avx2_kernels", "cpu_flags", "cpu_has_vnni", "int8_weights"]
+__all__ = ["cpu_flags", "cpu_has_vnni", "int8_weights"]
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.
 _NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
@@ -27,19 +27,6 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
     return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
                           []))
-
-
-@functools.lru_cache(maxsize=None)
-def avx2_kernels():
-    """yolodet's AVX2 int8 kernels (the extension ``yolodet._int8_avx2``: Winograd F(2x2) and F(4x4), 1x1), or
-    None where it was not built or this CPU lacks AVX2 or FMA."""
-    if not {"avx2", "fma"} <= cpu_flags():
-        return None
-    try:
-        from yolodet import _int8_avx2
-    except ImportError:
-        return None
-    return _int8_avx2
 
 
 def cpu_has_vnni() -> bool:

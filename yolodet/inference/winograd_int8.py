@@ -43,21 +43,17 @@ faster), the CPU has AVX2 and FMA, and the extension was built.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
-from torch import nn
 
 from yolodet.inference.frozen import FrozenConv
-from yolodet.inference.int8_rounding import avx2_kernels, int8_weights
+from yolodet.inference.int8_kernels import KernelConv, avx2_kernels, pack
+from yolodet.inference.int8_rounding import int8_weights
 from yolodet.inference.winograd import winograd_weights
 
-__all__ = ["Int8Winograd", "f4_pays", "int8_winograd_available", "pack", "pack_f4", "transformed_weights",
-           "transformed_weights_f4"]
+__all__ = ["Int8Winograd", "f4_pays", "int8_winograd_available", "transformed_weights", "transformed_weights_f4"]
 
 # F(2x2, 3x3) (Lavin & Gray): Y = A^T [(G g G^T) * (B^T d B)] A; B and A live in the C kernel.
 _G = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=torch.float64)
-_NR = 16  # output channels per packed weight block (WINO_NR in winograd_int8.h)
 _SUM_POSITION = 5  # (1, 1): the one tile position whose transform is a sum of four codes (the input's zero point)
 _MID = 128  # zero point of the 15 other positions (differences of codes)
 _VMAX = 4096  # bound of the 16-bit transformed input codes (WINO4_VMAX in winograd_f4.h)
@@ -109,25 +105,7 @@ def transformed_weights_f4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return torch.round(u / scale.unsqueeze(-1)).to(torch.int16), scale
 
 
-def pack_f4(codes: torch.Tensor) -> torch.Tensor:
-    """[36, O, C] int16 -> the F(4x4) kernel's layout [36, ceil(O/16), ceil(C/2), 16, 2] (zero-padded)."""
-    p, o, c = codes.shape
-    ob, cp = -(-o // _NR), -(-c // 2)
-    padded = torch.zeros(p, ob * _NR, cp * 2, dtype=torch.int16)
-    padded[:, :o, :c] = codes
-    return padded.view(p, ob, _NR, cp, 2).permute(0, 1, 3, 2, 4).contiguous()
-
-
-def pack(codes: torch.Tensor) -> torch.Tensor:
-    """[16, O, C] int8 -> the kernel's layout [16, ceil(O/16), ceil(C/4), 16, 4] (zero-padded)."""
-    p, o, c = codes.shape
-    ob, cq = -(-o // _NR), -(-c // 4)
-    padded = torch.zeros(p, ob * _NR, cq * 4, dtype=torch.int8)
-    padded[:, :o, :c] = codes
-    return padded.view(p, ob, _NR, cq, 4).permute(0, 1, 3, 2, 4).contiguous()
-
-
-class Int8Winograd(nn.Module):
+class Int8Winograd(KernelConv):
     """A 3x3 stride-1 :class:`FrozenConv` as Winograd on its uint8 input codes (``in_qp``): [B, C, H, W] uint8 ->
     fp32 [B, O, H, W] (channels_last) after the activation. Same interface as
     :class:`~yolodet.inference.quantize.QuantConv`.
@@ -136,10 +114,8 @@ class Int8Winograd(nn.Module):
     :func:`f4_pays` at the cfg's size (the output map in ``conv.out_shape``). Either kernel runs any size; the
     choice is a speed one."""
 
-    sources: tuple[int, ...] = ()
-
     def __init__(self, conv: FrozenConv, in_qp: tuple[float, int], tile: int | None = None) -> None:
-        super().__init__()
+        super().__init__(conv, in_qp)
         scale_in, zero = in_qp
         if tile is None:
             tile = 4 if f4_pays(*conv.weight.shape[:2], *conv.out_shape[1:]) else 2
@@ -148,25 +124,15 @@ class Int8Winograd(nn.Module):
         self.tile = tile
         if tile == 4:
             codes, scale = transformed_weights_f4(conv.weight)
-            self.register_buffer("packed", pack_f4(codes).flatten())
-            self.register_buffer("corr", torch.zeros(0, dtype=torch.int32))  # centred codes: no zero-point term
+            self.register_buffer("packed", pack(codes, 2))
             self.register_buffer("scale", (scale_in * scale).float())  # [36, O]
         else:
             codes, scale = transformed_weights(conv.weight)
             zeros = torch.full((16, 1), _MID, dtype=torch.int64)
             zeros[_SUM_POSITION] = zero
-            self.register_buffer("packed", pack(codes).flatten())  # 1-D: a 5-D buffer breaks Module.to(channels_last)
+            self.register_buffer("packed", pack(codes, 4))
             self.register_buffer("corr", (zeros * codes.long().sum(2)).int())  # [16, O]: zero point x sum of codes
             self.register_buffer("scale", (4 * scale_in * scale.double()).float())  # [16, O]
-        self.register_buffer("bias", conv.bias.detach().float().contiguous())
-        self.in_qp, self.out_shape, self.act = in_qp, conv.out_shape, conv.act
-        self.filters = conv.weight.shape[0]
-        if conv._attr == "leaky_relu":
-            self.slope, self._frozen = float(conv._scalars[0]), None
-        elif conv._attr == "relu":
-            self.slope, self._frozen = 0.0, None
-        else:  # linear in the kernel, the activation after it (identity for linear)
-            self.slope, self._frozen = 1.0, conv
 
     @staticmethod
     def applies(conv: FrozenConv) -> bool:
@@ -177,20 +143,11 @@ class Int8Winograd(nn.Module):
                 and list(conv.stride) == [1, 1] and list(conv.padding) == [1, 1] and list(conv.dilation) == [1, 1]
                 and int8_winograd_available())
 
-    def forward(self, q: torch.Tensor, refs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        kernel = avx2_kernels()
-        q = q.contiguous(memory_format=torch.channels_last)
-        b, c, h, w = q.shape
-        out = torch.empty(b, h, w, self.filters)
-        threads = torch.get_num_threads()
-        packed, corr, scale, bias = (t.numpy() for t in (self.packed, self.corr, self.scale, self.bias))
-        for i in range(b):
-            x = q[i].permute(1, 2, 0).numpy()
-            if self.tile == 4:
-                kernel.conv4(x, self.in_qp[1], packed, scale, bias, self.slope, out[i].numpy(), h, w, c, self.filters,
-                             threads)
-            else:
-                kernel.conv(x, self.in_qp[1], packed, corr, scale, bias, self.slope, out[i].numpy(), h, w, c,
-                            self.filters, threads)
-        y = out.permute(0, 3, 1, 2)  # [B, O, H, W], channels_last
-        return y if self._frozen is None else self._frozen._activate_(y)
+    def _run(self, kernel, x, out, threads: int) -> None:
+        h, w, c = x.shape
+        packed, scale, bias = self.packed.numpy(), self.scale.numpy(), self.bias.numpy()
+        if self.tile == 4:
+            kernel.conv4(x, self.in_qp[1], packed, scale, bias, self.slope, out, h, w, c, self.filters, threads)
+        else:
+            kernel.conv(x, self.in_qp[1], packed, self.corr.numpy(), scale, bias, self.slope, out, h, w, c,
+                        self.filters, threads)
