@@ -28,14 +28,21 @@ static int check(Py_buffer *b, Py_ssize_t bytes, const char *name) {
     return 1;
 }
 
+/* Release a call's n buffers and give its result: NULL when an error is set (!ran), MemoryError when the kernel
+ * returned -1, else None. */
+static PyObject *finish(Py_buffer *const bufs[], int n, int ran, int rc) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(bufs[i]);
+    if (!ran) return NULL;
+    return rc != 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
+}
+
 static PyObject *conv(PyObject *self, PyObject *args) {
     Py_buffer x, packed, corr, scale, bias, out;
-    int z, H, W, C, O, threads, rc = 0;
+    int z, H, W, C, O, threads, rc = 0, ran = 0;
     float slope;
     if (!PyArg_ParseTuple(args, "y*iy*y*y*y*fw*iiiii", &x, &z, &packed, &corr, &scale, &bias, &slope, &out, &H, &W,
                           &C, &O, &threads))
         return NULL;
-    PyObject *result = NULL;
     const Py_ssize_t cq = (C + 3) / 4, ob = (O + WINO_NR - 1) / WINO_NR;
     if (H < 1 || W < 1 || C < 1 || O < 1 || threads < 1 || z < 0 || z > 255) {
         PyErr_SetString(PyExc_ValueError, "H, W, C, O and threads must be positive and 0 <= z <= 255");
@@ -46,28 +53,18 @@ static PyObject *conv(PyObject *self, PyObject *args) {
         rc = winograd_int8_conv(x.buf, H, W, C, z, packed.buf, O, corr.buf, scale.buf, bias.buf, slope, out.buf,
                                 threads);
         Py_END_ALLOW_THREADS
-        if (rc != 0)
-            PyErr_NoMemory();
-        else
-            result = Py_NewRef(Py_None);
+        ran = 1;
     }
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&packed);
-    PyBuffer_Release(&corr);
-    PyBuffer_Release(&scale);
-    PyBuffer_Release(&bias);
-    PyBuffer_Release(&out);
-    return result;
+    return finish((Py_buffer *const[]){&x, &packed, &corr, &scale, &bias, &out}, 6, ran, rc);
 }
 
 static PyObject *conv4(PyObject *self, PyObject *args) {
     Py_buffer x, packed, scale, bias, out;
-    int z, H, W, C, O, threads, rc = 0;
+    int z, H, W, C, O, threads, rc = 0, ran = 0;
     float slope;
     if (!PyArg_ParseTuple(args, "y*iy*y*y*fw*iiiii", &x, &z, &packed, &scale, &bias, &slope, &out, &H, &W, &C, &O,
                           &threads))
         return NULL;
-    PyObject *result = NULL;
     const Py_ssize_t cp = (C + 1) / 2, ob = (O + WINO4_NR - 1) / WINO4_NR;
     if (H < 1 || W < 1 || C < 1 || O < 1 || threads < 1 || z < 0 || z > 255) {
         PyErr_SetString(PyExc_ValueError, "H, W, C, O and threads must be positive and 0 <= z <= 255");
@@ -77,27 +74,18 @@ static PyObject *conv4(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         rc = winograd_f4_conv(x.buf, H, W, C, z, packed.buf, O, scale.buf, bias.buf, slope, out.buf, threads);
         Py_END_ALLOW_THREADS
-        if (rc != 0)
-            PyErr_NoMemory();
-        else
-            result = Py_NewRef(Py_None);
+        ran = 1;
     }
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&packed);
-    PyBuffer_Release(&scale);
-    PyBuffer_Release(&bias);
-    PyBuffer_Release(&out);
-    return result;
+    return finish((Py_buffer *const[]){&x, &packed, &scale, &bias, &out}, 5, ran, rc);
 }
 
 static PyObject *pointwise(PyObject *self, PyObject *args) {
     Py_buffer x, packed, corr, scale, bias, out;
-    int P, C, O, threads;
+    int P, C, O, threads, ran = 0;
     float slope;
     if (!PyArg_ParseTuple(args, "y*y*y*y*y*fw*iiii", &x, &packed, &corr, &scale, &bias, &slope, &out, &P, &C, &O,
                           &threads))
         return NULL;
-    PyObject *result = NULL;
     const Py_ssize_t ob = (O + POINTWISE_NR - 1) / POINTWISE_NR;
     if (P < 1 || C < 4 || C % 4 || O < 1 || threads < 1) {
         PyErr_SetString(PyExc_ValueError, "P, O and threads must be positive and C a positive multiple of 4");
@@ -107,15 +95,9 @@ static PyObject *pointwise(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         pointwise_int8_conv(x.buf, P, C, packed.buf, O, corr.buf, scale.buf, bias.buf, slope, out.buf, threads);
         Py_END_ALLOW_THREADS
-        result = Py_NewRef(Py_None);
+        ran = 1;
     }
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&packed);
-    PyBuffer_Release(&corr);
-    PyBuffer_Release(&scale);
-    PyBuffer_Release(&bias);
-    PyBuffer_Release(&out);
-    return result;
+    return finish((Py_buffer *const[]){&x, &packed, &corr, &scale, &bias, &out}, 6, ran, 0);
 }
 
 static PyMethodDef methods[] = {
