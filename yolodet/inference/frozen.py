@@ -88,7 +88,9 @@ class FrozenConv(nn.Module):
         if self._use_winograd(x):
             if self._winograd is None:
                 self._winograd = Winograd3x3(self.weight, self.bias)
-            return self._activate_(self._winograd(x))
+            slope = self._fused_slope()  # leaky and relu inside the output transform
+            y = self._winograd(x, slope)
+            return y if slope is not None else self._activate_(y)
         if self._use_onednn(x):
             # oneDNN picks the weight layout by input size; the batch size does not change it (measured), the
             # spatial size can (a mismatched layout is reordered on every call: up to 3x slower).
@@ -100,6 +102,11 @@ class FrozenConv(nn.Module):
             return self._activate_(y) if self._act_after else y
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return self._activate_(y)
+
+    def _fused_slope(self) -> float | None:
+        """The activation as ``max(y, slope * y)``: leaky's slope, 0 for relu; None for any other."""
+        return (float(self._scalars[0]) if self._attr == "leaky_relu"
+                else 0.0 if self._attr == "relu" else None)
 
     def _activate_(self, y: torch.Tensor) -> torch.Tensor:
         """The activation on a fresh conv output (leaky, relu and CPU mish in place; bf16 mish through fp32:
