@@ -68,6 +68,7 @@ from yolodet.inference.preprocess import preprocess  # noqa: E402
 from yolodet.modeling.blocks.conv import ConvBlock  # noqa: E402
 from yolodet.modeling.model import Darknet  # noqa: E402
 from yolodet.inference.optimize import cpu_has_native_bf16, optimize_for_inference, resolve_precision  # noqa: E402
+from yolodet.inference.winograd import transform_kernels  # noqa: E402
 from yolodet.modeling.weights import load_darknet_weights, save_darknet_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,7 +314,8 @@ def main(args: argparse.Namespace) -> int:
           f"input {args.img_size}x{args.img_size}; load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after")
     print(f"CPU flags: {cpu_flags()}; native bf16 (oneDNN): {cpu_has_native_bf16()}; yolodet fast mode "
-          f"(--fast {args.fast}): {fast}; OpenVINO fast mode: {ov_fast}")
+          f"(--fast {args.fast}): {fast}; OpenVINO fast mode: {ov_fast}; fp32 Winograd transforms: "
+          f"{'yolodet AVX2' if transform_kernels() is not None else 'PyTorch'}")
     print()
     print("| model | weights | batch | yolodet mode | yolodet ms/img | ORT ms/img | OpenVINO ms/img | OpenCV DNN ms/img "
           "| ORT / yolodet | OpenVINO / yolodet | OpenCV / yolodet | pytorchyolo ms/img |")
