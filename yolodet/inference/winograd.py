@@ -184,11 +184,11 @@ class Winograd3x3:
         n, c, h, w = x.shape
         nhwc = x.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # [N, H, W, C]
         threads = torch.get_num_threads()
-        v = torch.empty(n * -(-h // TILE) * -(-w // TILE), 36, c)
+        v = torch.empty(n * -(-h // TILE) * -(-w // TILE), 36, c, dtype=torch.float32)
         kernels.winograd_input(nhwc.numpy(), v.numpy(), n, h, w, c, threads)
         prod = self.products(v).contiguous()  # [T, 36, O] (already contiguous: NHWC memory)
         o = prod.shape[-1]
-        y = torch.empty(n, h, w, o)
+        y = torch.empty(n, h, w, o, dtype=torch.float32)
         kernels.winograd_output(prod.numpy(), y.numpy(), n, h, w, o, 1.0 if slope is None else float(slope),
                                 threads)
         return y.permute(0, 3, 1, 2)  # [N, O, H, W], channels_last
