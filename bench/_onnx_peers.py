@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from yolodet.inference import int8_rounding
+from yolodet.inference import cpu_features
 
 Runner = Callable[[np.ndarray], list]
 
@@ -79,7 +79,7 @@ _FLAGS = (("AVX2", ("avx2",)), ("AVX-512", ("avx512f",)), ("VNNI", ("avx512_vnni
 
 def cpu_flags() -> str:
     """``AVX2: avx2, AVX-512: avx512f, VNNI: avx512_vnni, ...`` (the flags of the first CPU that each label covers)."""
-    flags = int8_rounding.cpu_flags()
+    flags = cpu_features.cpu_flags()
     if not flags:
         return "unknown (no /proc/cpuinfo)"
     parts = []

@@ -4,7 +4,6 @@ base layer that runs one image at a time into an fp32 NHWC output with leaky/rel
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import numpy as np
@@ -12,24 +11,17 @@ import torch
 from torch import nn
 
 from yolodet.inference.frozen import FrozenConv
-from yolodet.inference.int8_rounding import cpu_flags
+from yolodet.inference.cpu_features import avx2_extension
 
 __all__ = ["NR", "KernelConv", "avx2_kernels", "pack"]
 
 NR = 16  # output channels per packed weight block (WINO_NR, WINO4_NR, POINTWISE_NR in yolodet/_int8/)
 
 
-@functools.lru_cache(maxsize=None)
 def avx2_kernels():
     """yolodet's AVX2 int8 kernels (the extension ``yolodet._int8_avx2``: Winograd F(2x2) and F(4x4), 1x1), or
     None where it was not built or this CPU lacks AVX2 or FMA."""
-    if not {"avx2", "fma"} <= cpu_flags():
-        return None
-    try:
-        from yolodet import _int8_avx2
-    except ImportError:
-        return None
-    return _int8_avx2
+    return avx2_extension("_int8_avx2")
 
 
 def pack(codes: torch.Tensor, group: int) -> torch.Tensor:
@@ -58,12 +50,8 @@ class KernelConv(nn.Module):
         self.register_buffer("bias", conv.bias.detach().float().contiguous())
         self.in_qp, self.out_shape, self.act = in_qp, conv.out_shape, conv.act
         self.filters = conv.weight.shape[0]
-        if conv._attr == "leaky_relu":
-            self.slope, self._frozen = float(conv._scalars[0]), None
-        elif conv._attr == "relu":
-            self.slope, self._frozen = 0.0, None
-        else:  # linear in the kernel, the activation after it (identity for linear)
-            self.slope, self._frozen = 1.0, conv
+        slope = conv._fused_slope()  # leaky, relu; None: linear in the kernel, the activation after it
+        self.slope, self._frozen = (1.0, conv) if slope is None else (slope, None)
 
     def _run(self, kernel, x: np.ndarray, out: np.ndarray, threads: int) -> None:
         """One image: x uint8 [H, W, C] codes -> out float32 [H, W, O], written."""

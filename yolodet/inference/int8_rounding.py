@@ -1,32 +1,20 @@
-"""How the int8 fast mode rounds its weights, and what this CPU offers its kernels (VNNI decides the rounding; AVX2
-and FMA yolodet's own kernels): shared by :mod:`yolodet.inference.quantize` (oneDNN's direct int8 convolution),
+"""How the int8 fast mode rounds its weights, and whether this CPU's oneDNN has VNNI (which decides the rounding):
+shared by :mod:`yolodet.inference.quantize` (oneDNN's direct int8 convolution),
 :mod:`yolodet.inference.int8_kernels` and the AVX2 layers built on it. Why pairs of codes are bounded without VNNI:
 the :mod:`~yolodet.inference.quantize` module docstring."""
 
 from __future__ import annotations
 
-import functools
 import os
-from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_flags", "cpu_has_vnni", "int8_weights"]
+from yolodet.inference.cpu_features import cpu_flags
+
+__all__ = ["cpu_has_vnni", "int8_weights"]
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.
 _NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_flags() -> frozenset[str]:
-    """The first CPU's feature flags in /proc/cpuinfo (``avx2``, ``avx512_vnni`` ...); empty where it cannot be
-    read (then no int8 kernel that needs one is chosen)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-                          []))
 
 
 def cpu_has_vnni() -> bool:

@@ -42,7 +42,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from yolodet.inference.int8_rounding import cpu_flags
+from yolodet.inference.cpu_features import avx2_extension
 from yolodet.inference.packed import PackedWeights
 
 __all__ = ["TILE", "Winograd3x3", "transform_kernels", "winograd_pays", "winograd_weights"]
@@ -109,13 +109,9 @@ def winograd_weights(weight: torch.Tensor) -> torch.Tensor:
 def transform_kernels():
     """The AVX2 transforms (the extension ``yolodet._fp32_avx2``, ``yolodet/_fp32/winograd_f32.h``), or None where
     it was not built, this CPU lacks AVX2 or FMA, or ``YOLODET_WINOGRAD_TRANSFORMS=torch`` asks for PyTorch's."""
-    if os.environ.get("YOLODET_WINOGRAD_TRANSFORMS", "").lower() == "torch" or not {"avx2", "fma"} <= cpu_flags():
+    if os.environ.get("YOLODET_WINOGRAD_TRANSFORMS", "").lower() == "torch":
         return None
-    try:
-        from yolodet import _fp32_avx2
-    except ImportError:
-        return None
-    return _fp32_avx2
+    return avx2_extension("_fp32_avx2")
 
 
 def _transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
