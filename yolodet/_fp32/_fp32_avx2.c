@@ -10,16 +10,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "winograd_f32.h"
+#include "buffer_check.h"
 
-static int check(Py_buffer *b, Py_ssize_t bytes, const char *name) {
-    if (b->len != bytes || !PyBuffer_IsContiguous(b, 'C')) {
-        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous buffer of %zd bytes, got %zd", name, bytes,
-                     b->len);
-        return 0;
-    }
-    return 1;
-}
+#include "winograd_f32.h"
 
 static Py_ssize_t tiles(int N, int H, int W) { return (Py_ssize_t)N * ((H + 3) / 4) * ((W + 3) / 4); }
 

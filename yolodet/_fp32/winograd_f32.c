@@ -2,6 +2,7 @@
  * loop for the channels past the last multiple of 8. Each tile's 36 vectors are transformed as columns, then rows
  * (B^T d B = (B^T d) B), in registers and a 36-vector stack buffer. */
 #include "winograd_f32.h"
+#include "winograd_f43_output.h"
 
 #include <immintrin.h>
 #include <omp.h>
@@ -33,24 +34,6 @@ static inline void bt6_scalar(const float d[6], float t[6]) {
     t[3] = e + f;
     t[4] = e - f;
     t[5] = 4.0f * (d[1] - d[3]) + (d[5] - d[3]);
-}
-
-/* r = A^T m: m0 + m1 + m2 + m3 + m4, m1 - m2 + 2 (m3 - m4), m1 + m2 + 4 (m3 + m4), m1 - m2 + 8 (m3 - m4) + m5. */
-static inline void at6(const __m256 m[6], __m256 r[4]) {
-    const __m256 s12 = _mm256_add_ps(m[1], m[2]), d12 = _mm256_sub_ps(m[1], m[2]);
-    const __m256 s34 = _mm256_add_ps(m[3], m[4]), d34 = _mm256_sub_ps(m[3], m[4]);
-    r[0] = _mm256_add_ps(_mm256_add_ps(m[0], s12), s34);
-    r[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), d34, d12);
-    r[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), s34, s12);
-    r[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), d34, d12), m[5]);
-}
-
-static inline void at6_scalar(const float m[6], float r[4]) {
-    const float s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
-    r[0] = m[0] + s12 + s34;
-    r[1] = d12 + 2.0f * d34;
-    r[2] = s12 + 4.0f * s34;
-    r[3] = d12 + 8.0f * d34 + m[5];
 }
 
 /* Tile t of the (N, th, tw) grid -> v [36][C]. */

@@ -15,18 +15,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "buffer_check.h"
+
 #include "pointwise_int8.h"
 #include "winograd_f4.h"
 #include "winograd_int8.h"
-
-static int check(Py_buffer *b, Py_ssize_t bytes, const char *name) {
-    if (b->len != bytes || !PyBuffer_IsContiguous(b, 'C')) {
-        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous buffer of %zd bytes, got %zd", name, bytes,
-                     b->len);
-        return 0;
-    }
-    return 1;
-}
 
 /* Release a call's n buffers and give its result: NULL when an error is set (!ran), MemoryError when the kernel
  * returned -1, else None. */

@@ -7,9 +7,11 @@
  *   2. products and output transform, per block of MR tiles x 16 output channels: for each of the 36 positions an
  *      MR x 16 int32 product over C by vpmaddwd (pairs of channels summed into 32 bits), then A^T M A, bias and
  *      leaky on those 36 sums while they are still in L1, written straight to the float output. The block order
- *      is winograd_int8.c's (weights in L2, or L2-sized chunks of tiles).
+ *      is block_order.h's (weights in L2, or L2-sized chunks of tiles).
  */
 #include "winograd_f4.h"
+#include "block_order.h"
+#include "winograd_f43_output.h"
 
 #include <immintrin.h>
 #include <omp.h>
@@ -172,25 +174,6 @@ static inline void products(const int16_t *const rows[MR], const int16_t *w, int
     _mm256_storeu_si256((__m256i *)(acc[5] + 8), c51);
 }
 
-/* r = A^T m on six vectors: m0 + m1 + m2 + m3 + m4, m1 - m2 + 2 (m3 - m4), m1 + m2 + 4 (m3 + m4),
- * m1 - m2 + 8 (m3 - m4) + m5. */
-static inline void at6(const __m256 m[6], __m256 r[4]) {
-    const __m256 s12 = _mm256_add_ps(m[1], m[2]), d12 = _mm256_sub_ps(m[1], m[2]);
-    const __m256 s34 = _mm256_add_ps(m[3], m[4]), d34 = _mm256_sub_ps(m[3], m[4]);
-    r[0] = _mm256_add_ps(_mm256_add_ps(m[0], s12), s34);
-    r[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), d34, d12);
-    r[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), s34, s12);
-    r[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), d34, d12), m[5]);
-}
-
-static inline void at6_scalar(const float m[6], float r[4]) {
-    const float s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
-    r[0] = m[0] + s12 + s34;
-    r[1] = d12 + 2.0f * d34;
-    r[2] = s12 + 4.0f * s34;
-    r[3] = d12 + 8.0f * d34 + m[5];
-}
-
 /* 8 output channels of one tile: 36 int32 sums -> up to 4x4 float outputs. */
 static inline void output8(int32_t acc[36][MR][WINO4_NR], int r, int j0, const float *scale, const float *fac, int O,
                            int o, __m256 b, float slope, float *out, int W, int oy, int ox, int ny, int nx) {
@@ -256,7 +239,8 @@ struct conv_args {
 };
 
 /* Tile block tb (MR tiles) x output block bo (16 channels): the 36 products over C, then the output transform. */
-static void block(const struct conv_args *a, int tb, int bo) {
+static void block(const void *args, int tb, int bo) {
+    const struct conv_args *a = args;
     int32_t acc[36][MR][WINO4_NR] __attribute__((aligned(32)));
     const int16_t *rows[MR];
     const int t0 = tb * MR, nt = a->T - t0 < MR ? a->T - t0 : MR;
@@ -294,27 +278,14 @@ int winograd_f4_conv(const uint8_t *x, int H, int W, int C, int z, const int16_t
         return -1;
     }
     const struct conv_args k = {H, W, O, T, tw, cp, c2, ob, tile_elems, v, fac, packed, scale, bias, slope, out};
-    const int blocks = ceil_div(T, MR);
     const size_t weight_bytes = (size_t)36 * ob * cp * WINO4_NR * 2 * sizeof(int16_t);
-    const size_t per_block = (size_t)MR * tile_elems * sizeof(int16_t);
-    const int chunk = per_block < V_BUDGET ? (int)(V_BUDGET / per_block) : 1; /* tile blocks per chunk */
 #pragma omp parallel num_threads(nthreads)
     {
 #pragma omp for schedule(static)
         for (int t = 0; t < T; t++)
             input_tile(x, H, W, C, z, t / tw, t % tw, v + (size_t)t * tile_elems, c2, fac + (size_t)t * 36);
-        if (weight_bytes <= W_BUDGET) { /* the weights stay in L2: each thread runs whole tile blocks */
-#pragma omp for schedule(static) collapse(2)
-            for (int tb = 0; tb < blocks; tb++)
-                for (int bo = 0; bo < ob; bo++) block(&k, tb, bo);
-        } else { /* chunks of tiles whose V' fits the budget; the threads split the output blocks */
-            for (int b0 = 0; b0 < blocks; b0 += chunk) {
-                const int nb = blocks - b0 < chunk ? blocks - b0 : chunk;
-#pragma omp for schedule(static) collapse(2)
-                for (int bo = 0; bo < ob; bo++)
-                    for (int i = 0; i < nb; i++) block(&k, b0 + i, bo);
-            }
-        }
+        run_blocks(block, &k, ceil_div(T, MR), ob, weight_bytes, (size_t)MR * tile_elems * sizeof(int16_t), W_BUDGET,
+                   V_BUDGET);
     }
     free(v);
     free(fac);

@@ -10,6 +10,7 @@
  *      they are still in L1, written straight to the float output. Block order: see winograd_int8_conv.
  */
 #include "winograd_int8.h"
+#include "block_order.h"
 #include "products_u8s8.h"
 
 #include <immintrin.h>
@@ -205,7 +206,8 @@ struct conv_args {
 };
 
 /* Tile block tb (MR tiles) x output block bo (16 channels): the 16 products over C, then the output transform. */
-static void block(const struct conv_args *a, int tb, int bo) {
+static void block(const void *args, int tb, int bo) {
+    const struct conv_args *a = args;
     int32_t acc[16][MR][WINO_NR] __attribute__((aligned(32)));
     const uint8_t *rows[MR];
     const int t0 = tb * MR, nt = a->T - t0 < MR ? a->T - t0 : MR;
@@ -255,26 +257,9 @@ int winograd_int8_conv(const uint8_t *x, int H, int W, int C, int z, const int8_
     }
 
     const struct conv_args k = {H, W, O, T, tw, cq, c4, ob, tile_bytes, v, fac, packed, corr, scale, bias, slope, out};
-    const int blocks = ceil_div(T, MR);
     const size_t weight_bytes = (size_t)16 * ob * cq * WINO_NR * 4;
-    if (weight_bytes <= L2_BUDGET) { /* the weights stay in L2: each thread runs whole tile blocks, all outputs */
-#pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
-        for (int tb = 0; tb < blocks; tb++)
-            for (int bo = 0; bo < ob; bo++) block(&k, tb, bo);
-    } else {
-        /* Larger weights (13x13 and 26x26 maps): tiles in chunks whose transformed input fits the L2 budget; within
-         * a chunk the threads split the output blocks and run all the chunk's tiles against one block of weights
-         * at a time, so the weights are read once per chunk, not once per tile block. */
-        const size_t per_block = (size_t)MR * tile_bytes;
-        const int chunk = per_block < L2_BUDGET ? (int)(L2_BUDGET / per_block) : 1;
 #pragma omp parallel num_threads(nthreads)
-        for (int b0 = 0; b0 < blocks; b0 += chunk) {
-            const int nb = blocks - b0 < chunk ? blocks - b0 : chunk;
-#pragma omp for schedule(static) collapse(2)
-            for (int bo = 0; bo < ob; bo++)
-                for (int i = 0; i < nb; i++) block(&k, b0 + i, bo);
-        }
-    }
+    run_blocks(block, &k, ceil_div(T, MR), ob, weight_bytes, (size_t)MR * tile_bytes, L2_BUDGET, L2_BUDGET);
     free(v);
     free(fac);
     free(scratch);
