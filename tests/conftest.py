@@ -101,3 +101,11 @@ def frozen_conv(c: int, o: int, size: int = 3, act: str = "leaky", seed: int = 0
     conv = fold_batchnorm(randomize(Darknet.from_cfg_text(cfg), seed=seed).eval()).layers[0]
     assert isinstance(conv, FrozenConv)
     return conv
+
+
+def assert_kernel_output(out: torch.Tensor, ref: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """An int8 AVX2 layer's output against its float64 reference: ``shape``, fp32, channels_last, and within 1e-5 of
+    the reference's largest magnitude (the kernels' integer sums are exact; only the float epilogue rounds)."""
+    assert out.shape == ref.shape == shape and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max()), float((out - ref).abs().max())

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import frozen_conv
+from conftest import assert_kernel_output, frozen_conv
 from yolodet.inference.frozen import FrozenConv
 from yolodet.inference.int8_kernels import avx2_kernels
 from yolodet.inference.int8_rounding import int8_weights
@@ -62,9 +62,7 @@ def test_kernel_equals_integer_reference(c: int, o: int, h: int, w: int, act: st
     q = _codes((2, c, h, w), seed=o)
     out = layer(q)
     ref = _reference(layer, conv, q)
-    assert out.shape == ref.shape == (2, o, h, w) and out.dtype == torch.float32
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max()), float((out - ref).abs().max())
+    assert_kernel_output(out, ref, (2, o, h, w))
 
 
 @pytest.mark.parametrize("codes", [0, 255])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, frozen_conv, randomize
+from conftest import ROOT, assert_kernel_output, frozen_conv, randomize
 from yolodet.inference import quantize as quantize_module
 from yolodet.inference.calibrate import calibrate
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm
@@ -134,9 +134,7 @@ def test_kernel_equals_integer_reference(c: int, o: int, h: int, w: int, act: st
     q = _codes((2, c, h, w), seed=o, spread=spread)
     out = layer(q)
     ref = _reference(layer, conv, q)
-    assert out.shape == ref.shape == (2, o, h, w) and out.dtype == torch.float32
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max()), float((out - ref).abs().max())
+    assert_kernel_output(out, ref, (2, o, h, w))
 
 
 @pytest.mark.parametrize("codes", [0, 255])
