@@ -9,6 +9,9 @@
  * pointwise(x, packed, corr, scale, bias, slope, out, P, C, O, threads) -> None: 1x1 (pointwise_int8.h)
  *   x: uint8 [P, C] codes (C a multiple of 4); packed: int8 [ceil(O/16), C/4, 16, 4]; corr: int32 [O];
  *   scale, bias: float32 [O]; out: float32 [P, O], written.
+ * Each takes, after threads, the optional epilogue arguments (epilogue.h) residual=None, codes=None, code_scale=1.0,
+ * code_zero=0: residual, float32 [pixels, O], is added after the activation; codes, uint8 [pixels, O], receives the
+ * output's codes (code_scale, code_zero: their quantisation). out may then be None (only the codes are written).
  * Every array is a C-contiguous buffer (numpy, or torch through .numpy()); sizes are checked against H, W, C, O.
  * The GIL is released while it runs. Only call it on a CPU with AVX2 and FMA (the module is built for them).
  */
@@ -16,6 +19,8 @@
 #include <Python.h>
 
 #include "buffer_check.h"
+
+#include <string.h>
 
 #include "pointwise_int8.h"
 #include "winograd_f4.h"
@@ -29,78 +34,155 @@ static PyObject *finish(Py_buffer *const bufs[], int n, int ran, int rc) {
     return rc != 0 ? PyErr_NoMemory() : Py_NewRef(Py_None);
 }
 
-static PyObject *conv(PyObject *self, PyObject *args) {
-    Py_buffer x, packed, corr, scale, bias, out;
-    int z, H, W, C, O, threads, rc = 0, ran = 0;
+/* The epilogue's buffers (out may be None when codes is not): out and codes writable, each None or n values. */
+struct outputs {
+    Py_buffer out, residual, codes;
+    int n_held; /* how many of the three were taken (in that order; None ones count as taken, len 0) */
+};
+
+static int take(PyObject *obj, Py_buffer *b, int writable, Py_ssize_t bytes, const char *name) {
+    if (obj == Py_None) {
+        memset(b, 0, sizeof(*b));
+        return 1;
+    }
+    if (PyObject_GetBuffer(obj, b, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) != 0) return 0;
+    if (!check(b, bytes, name)) {
+        PyBuffer_Release(b);
+        memset(b, 0, sizeof(*b));
+        return 0;
+    }
+    return 1;
+}
+
+/* Fills e from the Python arguments for n output values; 1, or 0 with an error set (then release_outputs). */
+static int take_outputs(struct outputs *o, struct epilogue *e, PyObject *out, PyObject *residual, PyObject *codes,
+                        double code_scale, int code_zero, float slope, Py_ssize_t n) {
+    memset(o, 0, sizeof(*o));
+    if (out == Py_None && codes == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "out and codes cannot both be None");
+        return 0;
+    }
+    if (!(code_scale > 0) || code_zero < 0 || code_zero > 255) {
+        PyErr_SetString(PyExc_ValueError, "code_scale must be positive and 0 <= code_zero <= 255");
+        return 0;
+    }
+    if (!take(out, &o->out, 1, n * 4, "out")) return 0;
+    o->n_held = 1;
+    if (!take(residual, &o->residual, 0, n * 4, "residual")) return 0;
+    o->n_held = 2;
+    if (!take(codes, &o->codes, 1, n, "codes")) return 0;
+    o->n_held = 3;
+    *e = (struct epilogue){slope, o->residual.buf, o->out.buf, o->codes.buf, 1.0f / (float)code_scale,
+                           (float)code_zero};
+    return 1;
+}
+
+static void release_outputs(struct outputs *o) {
+    Py_buffer *const held[] = {&o->out, &o->residual, &o->codes};
+    for (int i = 0; i < o->n_held; i++)
+        if (held[i]->obj != NULL) PyBuffer_Release(held[i]);
+}
+
+static char *conv_kw[] = {"x", "z", "packed", "corr", "scale", "bias", "slope", "out", "H", "W", "C", "O",
+                          "threads", "residual", "codes", "code_scale", "code_zero", NULL};
+
+static PyObject *conv(PyObject *self, PyObject *args, PyObject *kw) {
+    Py_buffer x, packed, corr, scale, bias;
+    PyObject *out, *residual = Py_None, *codes = Py_None;
+    int z, H, W, C, O, threads, code_zero = 0, rc = 0, ran = 0;
     float slope;
-    if (!PyArg_ParseTuple(args, "y*iy*y*y*y*fw*iiiii", &x, &z, &packed, &corr, &scale, &bias, &slope, &out, &H, &W,
-                          &C, &O, &threads))
+    double code_scale = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*iy*y*y*y*fOiiiii|OOdi", conv_kw, &x, &z, &packed, &corr, &scale,
+                                     &bias, &slope, &out, &H, &W, &C, &O, &threads, &residual, &codes, &code_scale,
+                                     &code_zero))
         return NULL;
     const Py_ssize_t cq = (C + 3) / 4, ob = (O + WINO_NR - 1) / WINO_NR;
+    struct outputs o = {0};
+    struct epilogue e;
     if (H < 1 || W < 1 || C < 1 || O < 1 || threads < 1 || z < 0 || z > 255) {
         PyErr_SetString(PyExc_ValueError, "H, W, C, O and threads must be positive and 0 <= z <= 255");
     } else if (check(&x, (Py_ssize_t)H * W * C, "x") && check(&packed, 16 * ob * cq * WINO_NR * 4, "packed") &&
                check(&corr, 16 * (Py_ssize_t)O * 4, "corr") && check(&scale, 16 * (Py_ssize_t)O * 4, "scale") &&
-               check(&bias, (Py_ssize_t)O * 4, "bias") && check(&out, (Py_ssize_t)H * W * O * 4, "out")) {
+               check(&bias, (Py_ssize_t)O * 4, "bias") &&
+               take_outputs(&o, &e, out, residual, codes, code_scale, code_zero, slope, (Py_ssize_t)H * W * O)) {
         Py_BEGIN_ALLOW_THREADS
-        rc = winograd_int8_conv(x.buf, H, W, C, z, packed.buf, O, corr.buf, scale.buf, bias.buf, slope, out.buf,
-                                threads);
+        rc = winograd_int8_conv(x.buf, H, W, C, z, packed.buf, O, corr.buf, scale.buf, bias.buf, &e, threads);
         Py_END_ALLOW_THREADS
         ran = 1;
     }
-    return finish((Py_buffer *const[]){&x, &packed, &corr, &scale, &bias, &out}, 6, ran, rc);
+    release_outputs(&o);
+    return finish((Py_buffer *const[]){&x, &packed, &corr, &scale, &bias}, 5, ran, rc);
 }
 
-static PyObject *conv4(PyObject *self, PyObject *args) {
-    Py_buffer x, packed, scale, bias, out;
-    int z, H, W, C, O, threads, rc = 0, ran = 0;
+static char *conv4_kw[] = {"x", "z", "packed", "scale", "bias", "slope", "out", "H", "W", "C", "O", "threads",
+                           "residual", "codes", "code_scale", "code_zero", NULL};
+
+static PyObject *conv4(PyObject *self, PyObject *args, PyObject *kw) {
+    Py_buffer x, packed, scale, bias;
+    PyObject *out, *residual = Py_None, *codes = Py_None;
+    int z, H, W, C, O, threads, code_zero = 0, rc = 0, ran = 0;
     float slope;
-    if (!PyArg_ParseTuple(args, "y*iy*y*y*fw*iiiii", &x, &z, &packed, &scale, &bias, &slope, &out, &H, &W, &C, &O,
-                          &threads))
+    double code_scale = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*iy*y*y*fOiiiii|OOdi", conv4_kw, &x, &z, &packed, &scale, &bias,
+                                     &slope, &out, &H, &W, &C, &O, &threads, &residual, &codes, &code_scale,
+                                     &code_zero))
         return NULL;
     const Py_ssize_t cp = (C + 1) / 2, ob = (O + WINO4_NR - 1) / WINO4_NR;
+    struct outputs o = {0};
+    struct epilogue e;
     if (H < 1 || W < 1 || C < 1 || O < 1 || threads < 1 || z < 0 || z > 255) {
         PyErr_SetString(PyExc_ValueError, "H, W, C, O and threads must be positive and 0 <= z <= 255");
     } else if (check(&x, (Py_ssize_t)H * W * C, "x") && check(&packed, 36 * ob * cp * WINO4_NR * 2 * 2, "packed") &&
                check(&scale, 36 * (Py_ssize_t)O * 4, "scale") && check(&bias, (Py_ssize_t)O * 4, "bias") &&
-               check(&out, (Py_ssize_t)H * W * O * 4, "out")) {
+               take_outputs(&o, &e, out, residual, codes, code_scale, code_zero, slope, (Py_ssize_t)H * W * O)) {
         Py_BEGIN_ALLOW_THREADS
-        rc = winograd_f4_conv(x.buf, H, W, C, z, packed.buf, O, scale.buf, bias.buf, slope, out.buf, threads);
+        rc = winograd_f4_conv(x.buf, H, W, C, z, packed.buf, O, scale.buf, bias.buf, &e, threads);
         Py_END_ALLOW_THREADS
         ran = 1;
     }
-    return finish((Py_buffer *const[]){&x, &packed, &scale, &bias, &out}, 5, ran, rc);
+    release_outputs(&o);
+    return finish((Py_buffer *const[]){&x, &packed, &scale, &bias}, 4, ran, rc);
 }
 
-static PyObject *pointwise(PyObject *self, PyObject *args) {
-    Py_buffer x, packed, corr, scale, bias, out;
-    int P, C, O, threads, ran = 0;
+static char *pointwise_kw[] = {"x", "packed", "corr", "scale", "bias", "slope", "out", "P", "C", "O", "threads",
+                               "residual", "codes", "code_scale", "code_zero", NULL};
+
+static PyObject *pointwise(PyObject *self, PyObject *args, PyObject *kw) {
+    Py_buffer x, packed, corr, scale, bias;
+    PyObject *out, *residual = Py_None, *codes = Py_None;
+    int P, C, O, threads, code_zero = 0, ran = 0;
     float slope;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*fw*iiii", &x, &packed, &corr, &scale, &bias, &slope, &out, &P, &C, &O,
-                          &threads))
+    double code_scale = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*y*y*y*fOiiii|OOdi", pointwise_kw, &x, &packed, &corr, &scale,
+                                     &bias, &slope, &out, &P, &C, &O, &threads, &residual, &codes, &code_scale,
+                                     &code_zero))
         return NULL;
     const Py_ssize_t ob = (O + POINTWISE_NR - 1) / POINTWISE_NR;
+    struct outputs o = {0};
+    struct epilogue e;
     if (P < 1 || C < 4 || C % 4 || O < 1 || threads < 1) {
         PyErr_SetString(PyExc_ValueError, "P, O and threads must be positive and C a positive multiple of 4");
     } else if (check(&x, (Py_ssize_t)P * C, "x") && check(&packed, ob * POINTWISE_NR * C, "packed") &&
                check(&corr, (Py_ssize_t)O * 4, "corr") && check(&scale, (Py_ssize_t)O * 4, "scale") &&
-               check(&bias, (Py_ssize_t)O * 4, "bias") && check(&out, (Py_ssize_t)P * O * 4, "out")) {
+               check(&bias, (Py_ssize_t)O * 4, "bias") &&
+               take_outputs(&o, &e, out, residual, codes, code_scale, code_zero, slope, (Py_ssize_t)P * O)) {
         Py_BEGIN_ALLOW_THREADS
-        pointwise_int8_conv(x.buf, P, C, packed.buf, O, corr.buf, scale.buf, bias.buf, slope, out.buf, threads);
+        pointwise_int8_conv(x.buf, P, C, packed.buf, O, corr.buf, scale.buf, bias.buf, &e, threads);
         Py_END_ALLOW_THREADS
         ran = 1;
     }
-    return finish((Py_buffer *const[]){&x, &packed, &corr, &scale, &bias, &out}, 6, ran, 0);
+    release_outputs(&o);
+    return finish((Py_buffer *const[]){&x, &packed, &corr, &scale, &bias}, 5, ran, 0);
 }
 
 static PyMethodDef methods[] = {
-    {"conv", conv, METH_VARARGS,
-     "conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads): int8 Winograd F(2x2, 3x3), AVX2"},
-    {"conv4", conv4, METH_VARARGS,
-     "conv4(x, z, packed, scale, bias, slope, out, H, W, C, O, threads): Winograd F(4x4, 3x3) on uint8 codes, "
+    {"conv", (PyCFunction)(void (*)(void))conv, METH_VARARGS | METH_KEYWORDS,
+     "conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads, residual=None, codes=None, code_scale=1.0, code_zero=0): int8 Winograd F(2x2, 3x3), AVX2"},
+    {"conv4", (PyCFunction)(void (*)(void))conv4, METH_VARARGS | METH_KEYWORDS,
+     "conv4(x, z, packed, scale, bias, slope, out, H, W, C, O, threads, residual=None, codes=None, code_scale=1.0, code_zero=0): Winograd F(4x4, 3x3) on uint8 codes, "
      "16-bit transformed operands, AVX2"},
-    {"pointwise", pointwise, METH_VARARGS,
-     "pointwise(x, packed, corr, scale, bias, slope, out, P, C, O, threads): 1x1 convolution on uint8 codes, AVX2"},
+    {"pointwise", (PyCFunction)(void (*)(void))pointwise, METH_VARARGS | METH_KEYWORDS,
+     "pointwise(x, packed, corr, scale, bias, slope, out, P, C, O, threads, residual=None, codes=None, code_scale=1.0, code_zero=0): 1x1 convolution on uint8 codes, AVX2"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,19 +6,22 @@
  *   x      uint8 [P][C] codes (P pixels, C a multiple of 4), zero point z;
  *   W      int8 [O][C] weight codes; the caller bounds every pair of a channel's codes (|w1| + |w2| <= 128) so the
  *          16-bit pair sums of vpmaddubsw cannot saturate;
- *   y      (sum_c x[p][c] W[o][c] - corr[o]) * scale[o] + bias[o], then max(y, slope * y) (leaky; slope 1: none),
- *          float [P][O], with corr = z * sum_c W[o][c] and scale = input scale * W's scale (from the caller).
+ *   y      (sum_c x[p][c] W[o][c] - corr[o]) * scale[o] + bias[o], with corr = z * sum_c W[o][c] and scale =
+ *          input scale * W's scale (from the caller), then epilogue.h (leaky, a fused residual, the float output
+ *          and/or uint8 codes), every array of it [P][O].
  */
 #ifndef YOLODET_POINTWISE_INT8_H
 #define YOLODET_POINTWISE_INT8_H
 
 #include <stdint.h>
 
+#include "epilogue.h"
+
 #define POINTWISE_NR 16 /* output channels per packed weight block */
 
 /* packed: int8 [ceil(O / 16)][C / 4][16][4]: output block, 4-channel group, output, channel. corr: int32 [O];
- * scale, bias: float [O]; out: float [P][O]. Runs on nthreads OpenMP threads. */
+ * scale, bias: float [O]; e: what is done with y. Runs on nthreads OpenMP threads. */
 void pointwise_int8_conv(const uint8_t *x, int P, int C, const int8_t *packed, int O, const int32_t *corr,
-                         const float *scale, const float *bias, float slope, float *out, int nthreads);
+                         const float *scale, const float *bias, const struct epilogue *e, int nthreads);
 
 #endif

@@ -6,11 +6,12 @@
  *      to 2), and each position's factor 2^s;
  *   2. products and output transform, per block of MR tiles x 16 output channels: for each of the 36 positions an
  *      MR x 16 int32 product over C by vpmaddwd (pairs of channels summed into 32 bits), then A^T M A, bias and
- *      leaky on those 36 sums while they are still in L1, written straight to the float output. The block order
+ *      leaky on those 36 sums while they are still in L1, then the epilogue (epilogue.h). The block order
  *      is block_order.h's (weights in L2, or L2-sized chunks of tiles).
  */
 #include "winograd_f4.h"
 #include "block_order.h"
+#include "epilogue.h"
 #include "winograd_f43_output.h"
 
 #include <immintrin.h>
@@ -174,9 +175,9 @@ static inline void products(const int16_t *const rows[MR], const int16_t *w, int
     _mm256_storeu_si256((__m256i *)(acc[5] + 8), c51);
 }
 
-/* 8 output channels of one tile: 36 int32 sums -> up to 4x4 float outputs. */
+/* 8 output channels of one tile: 36 int32 sums -> up to 4x4 outputs, through the epilogue. */
 static inline void output8(int32_t acc[36][MR][WINO4_NR], int r, int j0, const float *scale, const float *fac, int O,
-                           int o, __m256 b, float slope, float *out, int W, int oy, int ox, int ny, int nx) {
+                           int o, __m256 b, const struct epilogue *e, int W, int oy, int ox, int ny, int nx) {
     __m256 t[4][6]; /* A^T M: t[i][j] */
     for (int j = 0; j < 6; j++) {
         __m256 m[6], q[4];
@@ -189,21 +190,16 @@ static inline void output8(int32_t acc[36][MR][WINO4_NR], int r, int j0, const f
         at6(m, q);
         for (int i = 0; i < 4; i++) t[i][j] = q[i];
     }
-    const __m256 sl = _mm256_set1_ps(slope);
     for (int i = 0; i < ny; i++) {
         __m256 y[4];
         at6(t[i], y);
-        for (int j = 0; j < nx; j++) {
-            __m256 v = _mm256_add_ps(y[j], b);
-            if (slope != 1.0f) v = _mm256_max_ps(v, _mm256_mul_ps(v, sl));
-            _mm256_storeu_ps(out + ((size_t)(oy + i) * W + ox + j) * O + o, v);
-        }
+        for (int j = 0; j < nx; j++) epilogue8(e, ((size_t)(oy + i) * W + ox + j) * O + o, _mm256_add_ps(y[j], b));
     }
 }
 
 /* The same for fewer than 8 channels (the last block of an O that is not a multiple of 8). */
 static void output_tail(int32_t acc[36][MR][WINO4_NR], int r, int j0, int n, const float *scale, const float *fac,
-                        int O, int o, const float *bias, float slope, float *out, int W, int oy, int ox, int ny,
+                        int O, int o, const float *bias, const struct epilogue *e, int W, int oy, int ox, int ny,
                         int nx) {
     for (int q = 0; q < n; q++) {
         float t[4][6], m[6], col[4];
@@ -218,11 +214,7 @@ static void output_tail(int32_t acc[36][MR][WINO4_NR], int r, int j0, int n, con
         for (int i = 0; i < ny; i++) {
             float y[4];
             at6_scalar(t[i], y);
-            for (int j = 0; j < nx; j++) {
-                float v = y[j] + bias[o + q];
-                if (slope != 1.0f && v * slope > v) v *= slope;
-                out[((size_t)(oy + i) * W + ox + j) * O + o + q] = v;
-            }
+            for (int j = 0; j < nx; j++) epilogue1(e, ((size_t)(oy + i) * W + ox + j) * O + o + q, y[j] + bias[o + q]);
         }
     }
 }
@@ -234,8 +226,7 @@ struct conv_args {
     const float *fac;
     const int16_t *packed;
     const float *scale, *bias;
-    float slope;
-    float *out;
+    const struct epilogue *e;
 };
 
 /* Tile block tb (MR tiles) x output block bo (16 channels): the 36 products over C, then the output transform. */
@@ -256,17 +247,16 @@ static void block(const void *args, int tb, int bo) {
         for (int j0 = 0; j0 < WINO4_NR; j0 += 8) {
             const int o = bo * WINO4_NR + j0;
             if (o + 8 <= a->O)
-                output8(acc, r, j0, a->scale, f, a->O, o, _mm256_loadu_ps(a->bias + o), a->slope, a->out, a->W, oy,
-                        ox, ny, nx);
+                output8(acc, r, j0, a->scale, f, a->O, o, _mm256_loadu_ps(a->bias + o), a->e, a->W, oy, ox, ny,
+                        nx);
             else if (o < a->O)
-                output_tail(acc, r, j0, a->O - o, a->scale, f, a->O, o, a->bias, a->slope, a->out, a->W, oy, ox, ny,
-                            nx);
+                output_tail(acc, r, j0, a->O - o, a->scale, f, a->O, o, a->bias, a->e, a->W, oy, ox, ny, nx);
         }
     }
 }
 
 int winograd_f4_conv(const uint8_t *x, int H, int W, int C, int z, const int16_t *packed, int O, const float *scale,
-                     const float *bias, float slope, float *out, int nthreads) {
+                     const float *bias, const struct epilogue *e, int nthreads) {
     const int th = ceil_div(H, 4), tw = ceil_div(W, 4), T = th * tw;
     const int cp = ceil_div(C, 2), c2 = cp * 2, ob = ceil_div(O, WINO4_NR);
     const size_t tile_elems = (size_t)36 * c2;
@@ -277,7 +267,7 @@ int winograd_f4_conv(const uint8_t *x, int H, int W, int C, int z, const int16_t
         free(fac);
         return -1;
     }
-    const struct conv_args k = {H, W, O, T, tw, cp, c2, ob, tile_elems, v, fac, packed, scale, bias, slope, out};
+    const struct conv_args k = {H, W, O, T, tw, cp, c2, ob, tile_elems, v, fac, packed, scale, bias, e};
     const size_t weight_bytes = (size_t)36 * ob * cp * WINO4_NR * 2 * sizeof(int16_t);
 #pragma omp parallel num_threads(nthreads)
     {

@@ -14,7 +14,8 @@
  *   U      int16 [36][O][C] transformed weights (G g G^T quantised per (position, output channel); the caller keeps
  *          sum_c |U[p][o][c]| <= 2^31 / WINO4_VMAX - 1 so the int32 sums below are exact for every input);
  *   M      M[p][o] = (sum_c V'[p][c] U[p][o][c]) * scale[p][o] * 2^s   (int32 sums, then float);
- *   y      A^T M A + bias, then max(y, slope * y) (leaky; slope 1: none), float [H][W][O].
+ *   y      A^T M A + bias, then epilogue.h (leaky, a fused residual, the float output and/or uint8 codes),
+ *          every array of it [H][W][O].
  * The caller passes scale = input scale * U's scale.
  */
 #ifndef YOLODET_WINOGRAD_F4_H
@@ -22,13 +23,15 @@
 
 #include <stdint.h>
 
+#include "epilogue.h"
+
 #define WINO4_NR 16     /* output channels per packed weight block */
 #define WINO4_VMAX 4096 /* bound of |V'| */
 
 /* packed: int16 [36][ceil(O / 16)][ceil(C / 2)][16][2]: position, output block, channel pair, output, channel.
- * scale: float [36][O]; bias: float [O]; out: float [H][W][O]. Returns 0, or -1 when out of memory. Runs on
+ * scale: float [36][O]; bias: float [O]; e: what is done with y. Returns 0, or -1 when out of memory. Runs on
  * nthreads OpenMP threads. */
 int winograd_f4_conv(const uint8_t *x, int H, int W, int C, int z, const int16_t *packed, int O, const float *scale,
-                     const float *bias, float slope, float *out, int nthreads);
+                     const float *bias, const struct epilogue *e, int nthreads);
 
 #endif

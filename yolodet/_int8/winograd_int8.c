@@ -7,10 +7,12 @@
  *   2. products and output transform, per block of MR tiles x 16 output channels: for each of the 16 positions an
  *      MR x 16 int32 product over C by vpmaddubsw (uint8 x int8, pairs summed in 16 bits: exact, the caller bounds
  *      the weights) + vpmaddwd (pairs of pairs into 32 bits), then A^T M A, bias and leaky on those 16 sums while
- *      they are still in L1, written straight to the float output. Block order: see winograd_int8_conv.
+ *      they are still in L1, then the epilogue (epilogue.h: a fused residual, the float output and/or the next
+ *      layer's uint8 codes). Block order: see winograd_int8_conv.
  */
 #include "winograd_int8.h"
 #include "block_order.h"
+#include "epilogue.h"
 #include "products_u8s8.h"
 
 #include <immintrin.h>
@@ -141,10 +143,10 @@ static void input_tile(const uint8_t *x, int H, int W, int C, int z, int ty, int
     }
 }
 
-/* 8 output channels of one tile: 16 int32 sums -> up to 2x2 float outputs. */
+/* 8 output channels of one tile: 16 int32 sums -> up to 2x2 outputs, through the epilogue. */
 static inline void output8(int32_t acc[16][MR][WINO_NR], int r, int j0, const int32_t *corr, const float *scale,
-                           const float *fac, int O, int o, __m256 b, float slope, float *out, int W, int oy, int ox,
-                           int ny, int nx) {
+                           const float *fac, int O, int o, __m256 b, const struct epilogue *e, int W, int oy,
+                           int ox, int ny, int nx) {
     __m256 m[16];
     for (int p = 0; p < 16; p++) {
         __m256i a = _mm256_loadu_si256((const __m256i *)(acc[p][r] + j0));
@@ -157,22 +159,19 @@ static inline void output8(int32_t acc[16][MR][WINO_NR], int r, int j0, const in
         s[i * 2 + 0] = _mm256_add_ps(_mm256_add_ps(m[i * 4 + 0], m[i * 4 + 1]), m[i * 4 + 2]);
         s[i * 2 + 1] = _mm256_sub_ps(_mm256_sub_ps(m[i * 4 + 1], m[i * 4 + 2]), m[i * 4 + 3]);
     }
-    const __m256 sl = _mm256_set1_ps(slope);
     for (int i = 0; i < ny; i++) {
         for (int j = 0; j < nx; j++) {
-            __m256 y = i == 0 ? _mm256_add_ps(_mm256_add_ps(s[0 + j], s[2 + j]), s[4 + j])
-                              : _mm256_sub_ps(_mm256_sub_ps(s[2 + j], s[4 + j]), s[6 + j]);
-            y = _mm256_add_ps(y, b);
-            if (slope != 1.0f) y = _mm256_max_ps(y, _mm256_mul_ps(y, sl));
-            _mm256_storeu_ps(out + ((size_t)(oy + i) * W + ox + j) * O + o, y);
+            const __m256 y = i == 0 ? _mm256_add_ps(_mm256_add_ps(s[0 + j], s[2 + j]), s[4 + j])
+                                    : _mm256_sub_ps(_mm256_sub_ps(s[2 + j], s[4 + j]), s[6 + j]);
+            epilogue8(e, ((size_t)(oy + i) * W + ox + j) * O + o, _mm256_add_ps(y, b));
         }
     }
 }
 
 /* The same for fewer than 8 channels (the last block of an O that is not a multiple of 8). */
 static void output_tail(int32_t acc[16][MR][WINO_NR], int r, int j0, int n, const int32_t *corr, const float *scale,
-                        const float *fac, int O, int o, const float *bias, float slope, float *out, int W, int oy,
-                        int ox, int ny, int nx) {
+                        const float *fac, int O, int o, const float *bias, const struct epilogue *e, int W,
+                        int oy, int ox, int ny, int nx) {
     for (int q = 0; q < n; q++) {
         float m[16], s[8];
         for (int p = 0; p < 16; p++)
@@ -183,10 +182,8 @@ static void output_tail(int32_t acc[16][MR][WINO_NR], int r, int j0, int n, cons
         }
         for (int i = 0; i < ny; i++) {
             for (int j = 0; j < nx; j++) {
-                float y = i == 0 ? (s[0 + j] + s[2 + j]) + s[4 + j] : (s[2 + j] - s[4 + j]) - s[6 + j];
-                y += bias[o + q];
-                if (slope != 1.0f && y * slope > y) y *= slope;
-                out[((size_t)(oy + i) * W + ox + j) * O + o + q] = y;
+                const float y = i == 0 ? (s[0 + j] + s[2 + j]) + s[4 + j] : (s[2 + j] - s[4 + j]) - s[6 + j];
+                epilogue1(e, ((size_t)(oy + i) * W + ox + j) * O + o + q, y + bias[o + q]);
             }
         }
     }
@@ -201,8 +198,7 @@ struct conv_args {
     const int8_t *packed;
     const int32_t *corr;
     const float *scale, *bias;
-    float slope;
-    float *out;
+    const struct epilogue *e;
 };
 
 /* Tile block tb (MR tiles) x output block bo (16 channels): the 16 products over C, then the output transform. */
@@ -223,17 +219,17 @@ static void block(const void *args, int tb, int bo) {
         for (int j0 = 0; j0 < WINO_NR; j0 += 8) {
             const int o = bo * WINO_NR + j0;
             if (o + 8 <= a->O)
-                output8(acc, r, j0, a->corr, a->scale, f, a->O, o, _mm256_loadu_ps(a->bias + o), a->slope, a->out,
-                        a->W, oy, ox, ny, nx);
+                output8(acc, r, j0, a->corr, a->scale, f, a->O, o, _mm256_loadu_ps(a->bias + o), a->e, a->W, oy,
+                        ox, ny, nx);
             else if (o < a->O)
-                output_tail(acc, r, j0, a->O - o, a->corr, a->scale, f, a->O, o, a->bias, a->slope, a->out, a->W, oy,
-                            ox, ny, nx);
+                output_tail(acc, r, j0, a->O - o, a->corr, a->scale, f, a->O, o, a->bias, a->e, a->W, oy, ox, ny,
+                            nx);
         }
     }
 }
 
 int winograd_int8_conv(const uint8_t *x, int H, int W, int C, int z, const int8_t *packed, int O,
-                       const int32_t *corr, const float *scale, const float *bias, float slope, float *out,
+                       const int32_t *corr, const float *scale, const float *bias, const struct epilogue *e,
                        int nthreads) {
     const int th = ceil_div(H, 2), tw = ceil_div(W, 2), T = th * tw;
     const int cq = ceil_div(C, 4), c4 = cq * 4, ob = ceil_div(O, WINO_NR);
@@ -256,7 +252,7 @@ int winograd_int8_conv(const uint8_t *x, int H, int W, int C, int z, const int8_
             input_tile(x, H, W, C, z, t / tw, t % tw, v + (size_t)t * tile_bytes, c4, mine, fac + (size_t)t * 16);
     }
 
-    const struct conv_args k = {H, W, O, T, tw, cq, c4, ob, tile_bytes, v, fac, packed, corr, scale, bias, slope, out};
+    const struct conv_args k = {H, W, O, T, tw, cq, c4, ob, tile_bytes, v, fac, packed, corr, scale, bias, e};
     const size_t weight_bytes = (size_t)16 * ob * cq * WINO_NR * 4;
 #pragma omp parallel num_threads(nthreads)
     run_blocks(block, &k, ceil_div(T, MR), ob, weight_bytes, (size_t)MR * tile_bytes, L2_BUDGET, L2_BUDGET);

@@ -11,7 +11,8 @@
  *   U      int8 [16][O][C] transformed weights (G g G^T quantised per (position, output channel); the caller
  *          bounds every pair of codes so a vpmaddubsw pair sum cannot saturate);
  *   M      M[p][o] = (sum_c Vq[p][c] U[p][o][c] - corr[p][o]) * scale[p][o] * 2^s / 4   (int32 sums, then float);
- *   y      A^T M A + bias, then max(y, slope * y) (leaky; slope 1: none), float [H][W][O].
+ *   y      A^T M A + bias, then epilogue.h (leaky, a fused residual, the float output and/or uint8 codes),
+ *          every array of it [H][W][O].
  * The caller passes corr = zero point of position p * sum_c U[p][o][c] and scale = 4 * input scale * U's scale.
  */
 #ifndef YOLODET_WINOGRAD_INT8_H
@@ -19,13 +20,15 @@
 
 #include <stdint.h>
 
+#include "epilogue.h"
+
 #define WINO_NR 16 /* output channels per packed weight block */
 
 /* packed: int8 [16][ceil(O / 16)][ceil(C / 4)][16][4]: position, output block, 4-channel group, output, channel.
- * corr: int32 [16][O]; scale: float [16][O]; bias: float [O]; out: float [H][W][O]. Returns 0, or -1 when out of
+ * corr: int32 [16][O]; scale: float [16][O]; bias: float [O]; e: what is done with y. Returns 0, or -1 when out of
  * memory. Runs on nthreads OpenMP threads. */
 int winograd_int8_conv(const uint8_t *x, int H, int W, int C, int z, const int8_t *packed, int O,
-                       const int32_t *corr, const float *scale, const float *bias, float slope, float *out,
+                       const int32_t *corr, const float *scale, const float *bias, const struct epilogue *e,
                        int nthreads);
 
 #endif

@@ -40,8 +40,12 @@ class KernelConv(nn.Module):
     """Base of a :class:`FrozenConv` run by an AVX2 kernel on uint8 codes (``in_qp``): [B, C, H, W] uint8 ->
     fp32 [B, O, H, W] (channels_last) after the activation; same interface as
     :class:`~yolodet.inference.quantize.QuantConv`. Leaky and relu run inside the kernel (``slope``: 0 for relu,
-    1 for none); any other activation after it in fp32. Subclasses register ``packed``, ``scale`` (and what else
-    their kernel reads) and implement :meth:`_run`."""
+    1 for linear); any other activation after it in fp32. Subclasses register ``packed``, ``scale`` (and what else
+    their kernel reads) and implement :meth:`_run`.
+
+    :meth:`run` gives the kernel's epilogue (``yolodet/_int8/epilogue.h``) to the int8 network: a residual added
+    after the activation (a ``[shortcut]`` fused into the convolution) and the output as the next layer's uint8
+    codes, with or without the fp32 output."""
 
     sources: tuple[int, ...] = ()
 
@@ -50,20 +54,51 @@ class KernelConv(nn.Module):
         self.register_buffer("bias", conv.bias.detach().float().contiguous())
         self.in_qp, self.out_shape, self.act = in_qp, conv.out_shape, conv.act
         self.filters = conv.weight.shape[0]
-        slope = conv._fused_slope()  # leaky, relu; None: linear in the kernel, the activation after it
-        self.slope, self._frozen = (1.0, conv) if slope is None else (slope, None)
+        slope = 1.0 if isinstance(conv.act, nn.Identity) else conv._fused_slope()  # linear, leaky, relu
+        self.slope, self._frozen = (1.0, conv) if slope is None else (slope, None)  # else: the activation after it
 
-    def _run(self, kernel, x: np.ndarray, out: np.ndarray, threads: int) -> None:
-        """One image: x uint8 [H, W, C] codes -> out float32 [H, W, O], written."""
+    @property
+    def fuses_epilogue(self) -> bool:
+        """Whether the whole activation runs in the kernel, so that :meth:`run` can add a residual after it and
+        write codes."""
+        return self._frozen is None
+
+    def _run(self, kernel, x: np.ndarray, out: np.ndarray | None, threads: int, **epilogue) -> None:
+        """One image: x uint8 [H, W, C] codes -> out float32 [H, W, O] (or None), written; ``epilogue``: the
+        kernel's optional ``residual``, ``codes``, ``code_scale``, ``code_zero``."""
         raise NotImplementedError
 
-    def forward(self, q: torch.Tensor, refs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    def run(self, q: torch.Tensor, residual: torch.Tensor | None = None,
+            codes_qp: tuple[float, int] | None = None, keep_float: bool = True
+            ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """q uint8 [B, C, H, W] -> (fp32 [B, O, H, W] or None, uint8 codes [B, O, H, W] of ``codes_qp`` or None),
+        both channels_last. ``residual`` (fp32 [B, O, H, W]) is added after the activation; ``codes_qp`` asks for
+        the codes (bit for bit :func:`~yolodet.inference.quantize._quantize` of the fp32 output); ``keep_float``
+        False skips the fp32 output (then ``codes_qp`` is required). Both need :attr:`fuses_epilogue`."""
+        if (residual is not None or codes_qp is not None) and not self.fuses_epilogue:
+            raise ValueError("a residual or codes need the activation inside the kernel (leaky, relu or linear)")
+        if not keep_float and codes_qp is None:
+            raise ValueError("keep_float=False needs codes_qp")
         kernel = avx2_kernels()
         q = q.contiguous(memory_format=torch.channels_last)
         b, _, h, w = q.shape
-        out = torch.empty(b, h, w, self.filters)
+        out = torch.empty(b, h, w, self.filters) if keep_float else None
+        codes = torch.empty(b, h, w, self.filters, dtype=torch.uint8) if codes_qp is not None else None
+        if residual is not None:
+            residual = residual.float().permute(0, 2, 3, 1).contiguous()  # [B, H, W, O]; no copy if channels_last
         threads = torch.get_num_threads()
         for i in range(b):
-            self._run(kernel, q[i].permute(1, 2, 0).numpy(), out[i].numpy(), threads)
-        y = out.permute(0, 3, 1, 2)  # [B, O, H, W], channels_last
-        return y if self._frozen is None else self._frozen._activate_(y)
+            epilogue = {}
+            if residual is not None:
+                epilogue["residual"] = residual[i].numpy()
+            if codes is not None:
+                epilogue.update(codes=codes[i].numpy(), code_scale=codes_qp[0], code_zero=codes_qp[1])
+            self._run(kernel, q[i].permute(1, 2, 0).numpy(), None if out is None else out[i].numpy(), threads,
+                      **epilogue)
+        y = None if out is None else out.permute(0, 3, 1, 2)  # [B, O, H, W], channels_last
+        if y is not None and self._frozen is not None:
+            y = self._frozen._activate_(y)
+        return y, None if codes is None else codes.permute(0, 3, 1, 2)
+
+    def forward(self, q: torch.Tensor, refs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        return self.run(q)[0]

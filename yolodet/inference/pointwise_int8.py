@@ -46,7 +46,7 @@ class Int8Pointwise(KernelConv):
         return (tuple(w.shape[-2:]) == (1, 1) and w.shape[1] % 4 == 0 and conv.groups == 1
                 and list(conv.stride) == [1, 1] and list(conv.padding) == [0, 0] and avx2_kernels() is not None)
 
-    def _run(self, kernel, x, out, threads: int) -> None:
+    def _run(self, kernel, x, out, threads: int, **epilogue) -> None:
         h, w, c = x.shape
         kernel.pointwise(x, self.packed.numpy(), self.corr.numpy(), self.scale.numpy(), self.bias.numpy(), self.slope,
-                         out, h * w, c, self.filters, threads)
+                         out, h * w, c, self.filters, threads, **epilogue)

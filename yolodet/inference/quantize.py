@@ -28,7 +28,15 @@ What runs how:
 - 2x2/2 ``[maxpool]``, nearest ``[upsample]`` and one-input ``[route]`` work on whichever form their input has
   (uint8 or fp32; exact either way: max, copy and slicing commute with a monotonic quantisation).
 - everything else (``[shortcut]``, multi-input ``[route]`` concatenation, other pools, ``[yolo]`` ...) is an fp32
-  island: its inputs are dequantised where they are only held as uint8 (conv outputs are kept in fp32 anyway).
+  island: its inputs are dequantised where they are only held as uint8 (conv outputs are kept in fp32 wherever
+  anything but an int8 layer reads them).
+- The AVX2 kernels' epilogue (:meth:`~yolodet.inference.int8_kernels.KernelConv.run`) writes each output in the forms
+  its readers need (:meth:`QuantizedNet._plan`): the next layer's uint8 codes directly (a 1x1 that only a 3x3 reads
+  never exists in fp32), and a plain ``[shortcut]`` right after a 3x3 is added inside the kernel (darknet53's 23
+  residual blocks). The same numbers, bit for bit, as running every layer alone (``fuse = False``; the tests hold
+  it): the codes are what ``torch.quantize_per_tensor`` stores, the addition is the shortcut's. yolo-v3 at 416 on
+  AVX2: 1-3 ms of ~123 (the quantisation and shortcut passes it saves cost ~8 ms alone, but the kernels' stores
+  grow by most of that).
 - Activations are uint8 codes 0..255 everywhere. Without VNNI (AVX2, AVX-512 without VNNI) oneDNN multiplies
   u8 x s8 pairs with ``vpmaddubsw``, which adds two products in 16 bits: 8-bit activations times 8-bit weights
   can saturate there. PyTorch's x86 qconfig gives up a bit of every activation for it (``reduce_range``), ONNX
@@ -51,12 +59,13 @@ from torch import nn
 
 from yolodet.inference.calibrate import Calibration
 from yolodet.inference.frozen import FrozenConv, PairMaxPool
+from yolodet.inference.int8_kernels import KernelConv
 from yolodet.inference.int8_rounding import cpu_has_vnni, int8_weights
 from yolodet.inference.packed import PackedWeights
 from yolodet.inference.pointwise_int8 import Int8Pointwise
 from yolodet.inference.winograd_int8 import Int8Winograd
 from yolodet.modeling.blocks.base import HeadBlock
-from yolodet.modeling.blocks.structural import Route, Upsample
+from yolodet.modeling.blocks.structural import Route, Shortcut, Upsample
 from yolodet.modeling.model import Darknet
 
 __all__ = ["QuantConv", "QuantizedNet", "cpu_has_vnni", "int8_available", "int8_weights", "quantize_net"]
@@ -155,6 +164,14 @@ class _Value:
         return self.q
 
 
+def _fusable_shortcut(layer: nn.Module, conv: nn.Module) -> bool:
+    """Whether ``layer``, right after ``conv``, is a plain ``[shortcut]`` (one ``from`` of the same shape, unweighted,
+    linear) that ``conv``'s kernel can add in its epilogue."""
+    return (isinstance(layer, Shortcut) and isinstance(conv, KernelConv) and conv.fuses_epilogue
+            and len(layer.sources) == 1 and layer.weight is None and layer.pjreddie is None
+            and isinstance(layer.act, nn.Identity) and tuple(layer.out_shape) == tuple(conv.out_shape))
+
+
 def _passes_codes(layer: nn.Module) -> bool:
     """Layers that run on uint8 codes unchanged (same quantisation parameters in and out)."""
     if isinstance(layer, (PairMaxPool, HeadBlock)):
@@ -192,6 +209,8 @@ class QuantizedNet(nn.Module):
                 kind = (Int8Winograd if own and Int8Winograd.applies(layer)
                         else Int8Pointwise if own and Int8Pointwise.applies(layer) else QuantConv)
                 layers[i] = kind(layer, qps[i - 1])
+        self.fuse = True
+        self._plan()
         tiles = [layer.tile for layer in layers if isinstance(layer, Int8Winograd)]
         pointwise = sum(isinstance(layer, Int8Pointwise) for layer in layers)
         log.info("int8: %d convolutions, %d of them as Winograd on int8 codes, F(4x4) %d, F(2x2) %d, and %d 1x1 (%s)",
@@ -199,6 +218,39 @@ class QuantizedNet(nn.Module):
                  "oneDNN has VNNI here: its direct kernels are faster" if winograd and not own
                  else "the AVX2 kernels" if tiles or pointwise
                  else "none applies or the kernels are not available here")
+
+    def _plan(self) -> None:
+        """Which forms each layer's output is needed in, and which ``[shortcut]`` layers the kernels absorb.
+
+        ``_needs[i]``: (fp32, codes) for output i: codes where an int8 layer reads it (directly or through
+        maxpool / upsample / one-input route, which work on either form), fp32 where anything else does or the
+        model returns it. ``_residual[i]``: the ``[shortcut]`` source that kernel layer i adds in its epilogue (the
+        shortcut at i + 1 is then skipped), or None. Kernel layers write their output in the needed forms directly
+        (:meth:`KernelConv.run`): the same numbers as quantising their fp32 output afterwards, in one pass."""
+        layers, n = self.layers, len(self.layers)
+        fp, q = [False] * n, [False] * n
+        for i in self.folded._outputs:
+            fp[i] = True
+        for j in range(n - 1, -1, -1):
+            layer = layers[j]
+            if isinstance(layer, _INT8):
+                q[j - 1] = True
+            elif _passes_codes(layer):
+                src = layer.sources[0] if layer.sources else j - 1
+                fp[src] |= fp[j]
+                q[src] |= q[j]
+            else:
+                for s in ([] if isinstance(layer, Route) else [j - 1]) + list(layer.sources):
+                    if s >= 0:
+                        fp[s] = True
+        residual: list[int | None] = [None] * n
+        for i in range(n - 1):
+            nxt = layers[i + 1]
+            if (_fusable_shortcut(nxt, layers[i]) and nxt.sources[0] != i and not self.folded._keep[i]
+                    and i not in self.folded._outputs):
+                residual[i] = nxt.sources[0]
+        self._needs = list(zip(fp, q))
+        self._residual = residual
 
     @property
     def heads(self):
@@ -222,21 +274,38 @@ class QuantizedNet(nn.Module):
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, _INT8)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x float32 [B, 3, H, W] -> the raw head outputs. With ``fuse`` False (the reference the tests hold the
+        fused run to, bit for bit) every layer runs alone and the next int8 layer quantises its fp32 output."""
         v = _Value(self.input_qp, fp=x.float())
         saved: list[_Value | None] = []
+        skip = False  # this layer is a [shortcut] the previous kernel added
         for i, (layer, keep) in enumerate(zip(self.layers, self.folded._keep)):
             refs = [saved[s] for s in layer.sources]
             qp = self.qps[i]
-            if isinstance(layer, _INT8):
+            if skip:
+                skip = False
+            elif self.fuse and isinstance(layer, KernelConv) and layer.fuses_epilogue:
+                res = self._residual[i]
+                skip = res is not None
+                out = i + 1 if skip else i
+                want_fp, want_q = self._needs[out]
+                fp, q = layer.run(v.codes(), residual=None if res is None else saved[res].float(),
+                                  codes_qp=self.qps[out] if want_q else None, keep_float=want_fp or not want_q)
+                v = _Value(self.qps[out], fp=fp, q=q)
+            elif isinstance(layer, _INT8):
                 v = _Value(qp, fp=layer(v.codes()))
             elif _passes_codes(layer):
                 src = refs[0] if refs else v
                 if isinstance(layer, HeadBlock):
                     v = src
-                elif src.q is not None:
-                    v = _Value(qp, q=layer(src.q, [src.q]))
-                else:
-                    v = _Value(qp, fp=layer(src.fp, [src.fp]))
+                elif not self.fuse:
+                    v = (_Value(qp, q=layer(src.q, [src.q])) if src.q is not None
+                         else _Value(qp, fp=layer(src.fp, [src.fp])))
+                else:  # each form that is there and needed (the fp32 one from fp32: exact where fp32 is read)
+                    want_fp, want_q = self._needs[i]
+                    fp = layer(src.fp, [src.fp]) if src.fp is not None and (want_fp or src.q is None) else None
+                    q = layer(src.q, [src.q]) if src.q is not None and (want_q or fp is None) else None
+                    v = _Value(qp, fp=fp, q=q)
             else:
                 v = _Value(qp, fp=layer(v.float(), [r.float() for r in refs]))
             saved.append(v if keep else None)

@@ -143,11 +143,12 @@ class Int8Winograd(KernelConv):
                 and list(conv.stride) == [1, 1] and list(conv.padding) == [1, 1] and list(conv.dilation) == [1, 1]
                 and int8_winograd_available())
 
-    def _run(self, kernel, x, out, threads: int) -> None:
+    def _run(self, kernel, x, out, threads: int, **epilogue) -> None:
         h, w, c = x.shape
         packed, scale, bias = self.packed.numpy(), self.scale.numpy(), self.bias.numpy()
         if self.tile == 4:
-            kernel.conv4(x, self.in_qp[1], packed, scale, bias, self.slope, out, h, w, c, self.filters, threads)
+            kernel.conv4(x, self.in_qp[1], packed, scale, bias, self.slope, out, h, w, c, self.filters, threads,
+                         **epilogue)
         else:
             kernel.conv(x, self.in_qp[1], packed, self.corr.numpy(), scale, bias, self.slope, out, h, w, c,
-                        self.filters, threads)
+                        self.filters, threads, **epilogue)
