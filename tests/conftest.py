@@ -103,6 +103,21 @@ def frozen_conv(c: int, o: int, size: int = 3, act: str = "leaky", seed: int = 0
     return conv
 
 
+def lane_quads(codes: torch.Tensor) -> torch.Tensor:
+    """[..., C] int8 weight codes -> [..., ceil(C / 8), 2] sums of |codes| over the channel quads that share one
+    16-bit lane in the AVX2 product block (``yolodet/_int8/products_u8s8.h``): {8m, 8m+1, 8m+4, 8m+5} and
+    {8m+2, 8m+3, 8m+6, 8m+7}."""
+    c = codes.shape[-1]
+    padded = torch.zeros(*codes.shape[:-1], -(-c // 8) * 8, dtype=torch.int64)
+    padded[..., :c] = codes.abs().long()
+    return padded.view(*codes.shape[:-1], -1, 2, 2, 2).sum((-3, -1))
+
+
+# Input channels 8m..8m+7 weighted 1, 1, 0, 0, 1, 1, 0, 0: everything on one lane's quad, so that weights bounded
+# per four consecutive channels instead (2 + 2) would reach 2 x 128 there and overflow the 16-bit sum.
+LANE_PATTERN = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+
+
 def assert_kernel_output(out: torch.Tensor, ref: torch.Tensor, shape: tuple[int, ...]) -> None:
     """An int8 AVX2 layer's output against its float64 reference: ``shape``, fp32, channels_last, and within 1e-5 of
     the reference's largest magnitude (the kernels' integer sums are exact; only the float epilogue rounds)."""

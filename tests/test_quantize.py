@@ -12,13 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FIXTURES, OFFICIAL_TINY, REFERENCE_CFGS, ROOT, need_shared, randomize
+from conftest import FIXTURES, OFFICIAL_TINY, REFERENCE_CFGS, ROOT, lane_quads, need_shared, randomize
 from yolodet.data.images import read_image
 from yolodet.inference import optimize as optimize_module
 from yolodet.inference.calibrate import calibrate
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm
 from yolodet.inference.optimize import fast_precision, optimize_for_inference, resolve_precision
 from yolodet.inference.preprocess import preprocess
+from yolodet.inference.int8_rounding import kernel_int8_weights
 from yolodet.inference.quantize import QuantConv, QuantizedNet, _quantize, int8_available, int8_weights
 from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.checkpoint import load_model
@@ -86,6 +87,27 @@ def test_weight_scales_bound_every_pair_of_codes() -> None:
     assert int(codes.topk(2, dim=1).values.sum(1).max()) <= 128  # any two codes of a channel
     assert int(codes[3].max()) == 85 and int(codes[3].min()) == 43  # 1.0 and 0.5 of 1.5 / 127.99
     assert bool(torch.isfinite(pairs).all()) and bool((pairs > 0).all())
+
+
+def test_kernel_weight_scales_bound_every_lane_quad() -> None:
+    """yolodet's AVX2 kernels sum four products per 16-bit lane: every such quad of a channel's codes is at most 128
+    in magnitude, and the largest reaches 124-128 (126 before four roundings)."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 21, generator=g)  # 21 channels: the last block of 8 is zero-padded
+    w[1] = 0.0
+    w[1, 16] = 2.0  # one weight alone in its quad
+    w[2] = 0.0
+    w[2, [8, 9, 12, 13]] = 1.0  # one lane's quad, the rest zero
+    w[3] = 0.0  # an all-zero channel gets a finite scale
+    codes, scale = kernel_int8_weights(w)
+    assert codes.dtype == torch.int8 and codes.shape == w.shape
+    quads = lane_quads(codes)
+    assert int(quads.max()) <= 128
+    assert all(124 <= int(quads[o].max()) <= 128 for o in (0, 2, 4, 5))
+    assert int(codes[1].abs().max()) == 126 and torch.allclose(scale[1], torch.tensor(2.0 / 126))
+    assert len(set(codes[2, [8, 9, 12, 13]].tolist())) == 1 and int(codes[2].abs().sum()) == int(quads[2].max())
+    assert bool(torch.isfinite(scale).all()) and bool((scale > 0).all())
+    assert torch.equal(codes, torch.round(w / scale.view(-1, 1)).to(torch.int8))
 
 
 @pytest.mark.parametrize("weights", ["equal", "one-large", "random-signs"])

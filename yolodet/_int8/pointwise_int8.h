@@ -4,8 +4,8 @@
  *
  * What it computes, for one image (exactly: int32 sums, tests/test_pointwise_int8.py):
  *   x      uint8 [P][C] codes (P pixels, C a multiple of 4), zero point z;
- *   W      int8 [O][C] weight codes; the caller bounds every pair of a channel's codes (|w1| + |w2| <= 128) so the
- *          16-bit pair sums of vpmaddubsw cannot saturate;
+ *   W      int8 [O][C] weight codes; the caller bounds every quad of a channel's codes that shares a 16-bit lane
+ *          (products_u8s8.h) by 128 in magnitude, so the 16-bit sums cannot overflow;
  *   y      (sum_c x[p][c] W[o][c] - corr[o]) * scale[o] + bias[o], with corr = z * sum_c W[o][c] and scale =
  *          input scale * W's scale (from the caller), then epilogue.h (leaky, a fused residual, the float output
  *          and/or uint8 codes), every array of it [P][O].

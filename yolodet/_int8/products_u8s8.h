@@ -1,6 +1,6 @@
 /* The uint8 x int8 product block shared by the int8 kernels for AVX2 (no VNNI): winograd_int8.c's F(2x2) products
  * and pointwise_int8.c's 1x1 convolution. vpmaddubsw multiplies uint8 by int8 and sums each pair in 16 bits
- * (saturating: the callers bound every pair of weight codes so it cannot), vpmaddwd by ones sums pairs of pairs into
+ * (saturating: the callers bound the weight codes so it cannot), vpmaddwd by ones sums pairs of pairs into
  * 32 bits. */
 #ifndef YOLODET_PRODUCTS_U8S8_H
 #define YOLODET_PRODUCTS_U8S8_H
@@ -12,14 +12,41 @@
 #define U8S8_MR 4  /* rows per register block */
 #define U8S8_NR 16 /* output channels per packed weight block */
 
-/* acc[r][0..15] = sum over 4-channel groups k of rows[r][4k..4k+3] . w[k][0..15][0..3]. */
+/* acc[r][0..15] = sum over 4-channel groups k of rows[r][4k..4k+3] . w[k][0..15][0..3]. Two groups at a time: the
+ * two vpmaddubsw pair sums of groups k and k + 1 are added in 16 bits (vpaddw) before vpmaddwd widens them, one
+ * widening per 8 channels instead of per 4. Exact when every quad of a channel's codes that shares a 16-bit lane,
+ * channels {8m, 8m+1, 8m+4, 8m+5} and {8m+2, 8m+3, 8m+6, 8m+7}, is at most 128 in magnitude (int8_rounding's
+ * kernel_int8_weights): 255 x 128 = 32640 fits. */
 static inline void products_u8s8(const uint8_t *const rows[U8S8_MR], const int8_t *w, int cq,
                                  int32_t acc[U8S8_MR][U8S8_NR]) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
             c31 = c00;
     const uint8_t *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
-    for (int k = 0; k < cq; k++) {
+    int k = 0;
+    for (; k + 2 <= cq; k += 2) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k * 64));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k * 64 + 32));
+        const __m256i v0 = _mm256_loadu_si256((const __m256i *)(w + k * 64 + 64));
+        const __m256i v1 = _mm256_loadu_si256((const __m256i *)(w + k * 64 + 96));
+        __m256i a, b;
+        int32_t s, t;
+#define ROW(R, A0, A1)                                                                                              \
+    memcpy(&s, R + 4 * k, 4);                                                                                      \
+    memcpy(&t, R + 4 * k + 4, 4);                                                                                  \
+    a = _mm256_set1_epi32(s);                                                                                      \
+    b = _mm256_set1_epi32(t);                                                                                      \
+    A0 = _mm256_add_epi32(                                                                                         \
+        A0, _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(a, w0), _mm256_maddubs_epi16(b, v0)), ones)); \
+    A1 = _mm256_add_epi32(                                                                                         \
+        A1, _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(a, w1), _mm256_maddubs_epi16(b, v1)), ones));
+        ROW(r0, c00, c01)
+        ROW(r1, c10, c11)
+        ROW(r2, c20, c21)
+        ROW(r3, c30, c31)
+#undef ROW
+    }
+    for (; k < cq; k++) { /* an odd last group */
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k * 64));
         const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k * 64 + 32));
         __m256i a;

@@ -9,7 +9,7 @@
  *          position (1, 1) (a sum of four codes, the same zero point z as the input): round(V / 4); rounding half
  *          to even, saturated to 0..255;
  *   U      int8 [16][O][C] transformed weights (G g G^T quantised per (position, output channel); the caller
- *          bounds every pair of codes so a vpmaddubsw pair sum cannot saturate);
+ *          bounds the codes as products_u8s8.h needs);
  *   M      M[p][o] = (sum_c Vq[p][c] U[p][o][c] - corr[p][o]) * scale[p][o] * 2^s / 4   (int32 sums, then float);
  *   y      A^T M A + bias, then epilogue.h (leaky, a fused residual, the float output and/or uint8 codes),
  *          every array of it [H][W][O].

@@ -11,7 +11,7 @@ import torch
 
 from yolodet.inference.cpu_features import cpu_flags
 
-__all__ = ["cpu_has_vnni", "int8_weights"]
+__all__ = ["cpu_has_vnni", "int8_weights", "kernel_int8_weights"]
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI instructions.
 _NO_VNNI_ISAS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
@@ -43,3 +43,21 @@ def int8_weights(weight: torch.Tensor, vnni: bool) -> tuple[torch.Tensor, torch.
         scale = torch.maximum(two.sum(1) / 127.99, two[:, 0] / 127).clamp_min(1e-12)
     codes = torch.round(w / scale.view(-1, *[1] * (w.ndim - 1))).clamp_(-127, 127).to(torch.int8)
     return codes, scale
+
+
+def kernel_int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[O, C] fp32 weights -> (int8 codes [O, C], [O] scales) for yolodet's own AVX2 kernels
+    (``yolodet/_int8/products_u8s8.h``): there the 16-bit sums of ``vpmaddubsw`` hold four products, channels
+    {8m, 8m+1, 8m+4, 8m+5} and {8m+2, 8m+3, 8m+6, 8m+7}, before ``vpmaddwd`` widens them; each such quad of a
+    channel's codes is kept at most 128 in magnitude (255 x 128 fits 16 bits), exact for every input.
+
+    Scale per output channel: the largest quad's sum of |w| over 126 (four roundings add at most 2; a weight alone in
+    its quad keeps 126 codes). Unlike :func:`int8_weights`' bound on *any* two weights (oneDNN's pairing is not known), these
+    quads are fixed: on yolov3-tiny's layers the scale is within a few percent of the pair bound's."""
+    w = weight.detach().float()
+    o, c = w.shape
+    padded = torch.zeros(o, -(-c // 8) * 8)
+    padded[:, :c] = w.abs()
+    quads = padded.view(o, -1, 2, 2, 2).sum((2, 4))  # [O, C/8, 2]: block m, half j (channels 8m + 4h + 2j + e)
+    scale = (quads.flatten(1).amax(1) / 126).clamp_min(1e-12)
+    return torch.round(w / scale.view(-1, 1)).to(torch.int8), scale

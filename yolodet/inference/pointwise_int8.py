@@ -8,10 +8,10 @@ pixels and fuses the dequantisation, bias and leaky/relu: 0.86-0.94 of oneDNN's 
 (``bench/int8_conv3x3.py``'s 1x1 table, in the README).
 
 What it computes (exactly, int32 sums; ``tests/test_pointwise_int8.py``): uint8 codes x (zero point z) times the
-int8 weights of :func:`~yolodet.inference.int8_rounding.int8_weights` without VNNI (every pair of a channel's codes
-at most 128 together, so the 16-bit pair sums cannot saturate), minus ``z * sum(codes)``, times the two scales, plus
-the bias, then leaky/relu; other activations after it in fp32. The same integers as oneDNN's direct kernel on these
-weights: only the float rounding of the last steps differs.
+int8 weights of :func:`~yolodet.inference.int8_rounding.kernel_int8_weights` (every four codes of a channel that
+share a 16-bit lane at most 128 together, so the 16-bit sums cannot overflow), minus ``z * sum(codes)``, times the
+two scales, plus the bias, then leaky/relu; other activations after it in fp32. The same integers as oneDNN's direct
+kernel on these weights: only the float rounding of the last steps differs.
 
 Where: 1x1 stride-1 ungrouped convolutions with a multiple of 4 input channels that the int8 mode runs in int8, when
 oneDNN has no VNNI and the AVX2 kernels are available (:func:`~yolodet.inference.int8_kernels.avx2_kernels`).
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from yolodet.inference.frozen import FrozenConv
 from yolodet.inference.int8_kernels import KernelConv, avx2_kernels, pack
-from yolodet.inference.int8_rounding import int8_weights
+from yolodet.inference.int8_rounding import kernel_int8_weights
 
 __all__ = ["Int8Pointwise"]
 
@@ -33,7 +33,7 @@ class Int8Pointwise(KernelConv):
     def __init__(self, conv: FrozenConv, in_qp: tuple[float, int]) -> None:
         super().__init__(conv, in_qp)
         scale_in, zero = in_qp
-        codes, scale = int8_weights(conv.weight.detach().flatten(1), vnni=False)  # [O, C], [O]
+        codes, scale = kernel_int8_weights(conv.weight.detach().flatten(1))  # [O, C], [O]
         self.register_buffer("packed", pack(codes.unsqueeze(0), 4))  # one position
         self.register_buffer("corr", (zero * codes.long().sum(1)).int())  # [O]: zero point x sum of codes
         self.register_buffer("scale", (scale_in * scale.double()).float())  # [O]

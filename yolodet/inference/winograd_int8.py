@@ -22,9 +22,9 @@ What they compute (exactly; ``tests/test_winograd_int8.py`` holds each to a floa
   0, 1, 2 whose codes fit (a sum of differences of codes spans [-510, 510]: s = 2 covers any input; smooth tiles
   keep every bit), rounded half to even (half up biased AP by up to +0.012 on coco128); at position (1, 1) (a sum of
   four codes) always ``round(V / 4)``, with the input's zero point. No Winograd-domain calibration is needed.
-  ``U = G g G^T`` of the fp32 BN-folded weights, int8 per (position, output channel), with the pair bound of
-  :func:`~yolodet.inference.int8_rounding.int8_weights` (``vpmaddubsw`` sums pairs in 16 bits; exact for every
-  input). 16 int32 products per tile, dequantised per (position, output channel) and by 2^s / 4.
+  ``U = G g G^T`` of the fp32 BN-folded weights, int8 per (position, output channel), with the lane bound of
+  :func:`~yolodet.inference.int8_rounding.kernel_int8_weights` (the product block sums four products in 16 bits;
+  exact for every input). 16 int32 products per tile, dequantised per (position, output channel) and by 2^s / 4.
 - F(4x4): the centred codes ``d = x - z`` (0 outside the image), 6x6 patches with stride 4, ``V = B^T d B`` in int16
   (exact), ``V' = round(V / 2^s)`` per tile and position with the least s of 0..3 that keeps ``|V'| <= 4096``;
   ``U`` int16 per (position, output channel), scaled so that ``sum_c |U codes| <= (2^31 - 1) // 4096``
@@ -47,7 +47,7 @@ import torch
 
 from yolodet.inference.frozen import FrozenConv
 from yolodet.inference.int8_kernels import KernelConv, avx2_kernels, pack
-from yolodet.inference.int8_rounding import int8_weights
+from yolodet.inference.int8_rounding import kernel_int8_weights
 from yolodet.inference.winograd import winograd_weights
 
 __all__ = ["Int8Winograd", "f4_pays", "int8_winograd_available", "transformed_weights", "transformed_weights_f4"]
@@ -81,7 +81,7 @@ def transformed_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     row-major over the 4x4 tile."""
     o, c = weight.shape[:2]
     u = (_G @ weight.double() @ _G.T).permute(2, 3, 0, 1).reshape(16 * o, c).float()
-    codes, scale = int8_weights(u, vnni=False)
+    codes, scale = kernel_int8_weights(u)
     return codes.view(16, o, c), scale.view(16, o)
 
 
