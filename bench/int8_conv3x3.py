@@ -27,7 +27,8 @@ Prints per layer (ms, median of ``--runs`` after warm-up; random weights and inp
 
 A second table times yolo-v3's 1x1 shapes (+ leaky): fp32 direct, oneDNN's int8 (:class:`QuantConv`, leaky after
 it in fp32) and yolodet's AVX2 1x1 kernel (:class:`~yolodet.inference.pointwise_int8.Int8Pointwise`, leaky fused),
-warm and cold, what the int8 fast mode runs on them without VNNI.
+warm and cold, what the int8 fast mode runs on them without VNNI. A third times yolo-v3's five stride-2 3x3 shapes
+the same way against yolodet's AVX2 strided kernel (:class:`~yolodet.inference.direct_int8.Int8Direct3x3`).
 
 Run it twice: as is, and with ``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment, which holds oneDNN to what an
 AVX2-only CPU runs (no VNNI: int8 multiply-adds by ``vpmaddubsw`` + ``vpmaddwd``). The header prints the ISA.
@@ -50,6 +51,7 @@ from typing import Callable  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from yolodet.inference.direct_int8 import Int8Direct3x3  # noqa: E402
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm  # noqa: E402
 from yolodet.inference.memory import keep_freed_memory  # noqa: E402
 from yolodet.inference.pointwise_int8 import Int8Pointwise  # noqa: E402
@@ -64,6 +66,12 @@ SHAPES = ((16, 32, 208), (32, 64, 208), (64, 128, 104), (128, 256, 52), (256, 51
 # The same for its 1x1 convolutions (the residual blocks' and the heads' widest).
 SHAPES_1X1 = ((64, 32, 208), (128, 64, 104), (256, 128, 52), (384, 128, 52), (512, 256, 26), (768, 256, 26),
               (1024, 512, 13))
+# yolo-v3's stride-2 3x3 shapes at 416 (in channels, out channels, input map side).
+SHAPES_STRIDED = ((32, 64, 416), (64, 128, 208), (128, 256, 104), (256, 512, 52), (512, 1024, 26))
+# The input codes' (scale, zero point) of every int8 layer timed here: a zero point like the ones calibration gives
+# after leaky (20-60 on yolov3-tiny and yolo-v3). oneDNN pays for a non-zero one; yolodet's kernels subtract it once
+# per output channel.
+CODES_QP = (0.02, 25)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -88,11 +96,11 @@ def median_ms(fn: Callable[[], object], runs: int, before: Callable[[], object] 
     return statistics.median(times) * 1e3
 
 
-def direct_conv(c: int, o: int, side: int, size: int = 3) -> FrozenConv:
-    """One BN-folded leaky size x size conv, C -> O at side x side, random weights (as a cfg would build it),
-    Winograd off."""
+def direct_conv(c: int, o: int, side: int, size: int = 3, stride: int = 1) -> FrozenConv:
+    """One BN-folded leaky size x size conv, C -> O at side x side (the input), random weights (as a cfg would build
+    it), Winograd off."""
     cfg = (f"[net]\nwidth={side}\nheight={side}\nchannels={c}\n\n[convolutional]\nbatch_normalize=1\n"
-           f"filters={o}\nsize={size}\nstride=1\npad=1\nactivation=leaky\n")
+           f"filters={o}\nsize={size}\nstride={stride}\npad=1\nactivation=leaky\n")
     torch.manual_seed(0)
     model = Darknet.from_cfg_text(cfg)
     for p in model.parameters():
@@ -147,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
             x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
             direct = direct_conv(c, o, side)
             wino = Winograd3x3(direct.weight, direct.bias)  # on every shape, also where winograd_pays says no
-            qconv = QuantConv(direct, (1.0 / 255, 0))
+            qconv = QuantConv(direct, CODES_QP)
             codes = torch.randint(0, 256, x.shape, dtype=torch.uint8)
             codes = codes.contiguous(memory_format=torch.channels_last)
             t_direct = median_ms(lambda: direct(x), args.runs)
@@ -158,7 +166,7 @@ def main(args: argparse.Namespace) -> int:
             transforms = t_wino - fp32_products(wino, side, args.runs)
             own = {}  # tile -> (warm, cold) ms
             for tile in (2, 4):
-                layer = Int8Winograd(direct, (1.0 / 255, 0), tile=tile) if int8_winograd_available() else None
+                layer = Int8Winograd(direct, CODES_QP, tile=tile) if int8_winograd_available() else None
                 own[tile] = ((median_ms(lambda: layer(codes), args.runs),
                               median_ms(lambda: layer(codes), args.runs, before=lambda: flush.add_(1)))
                              if layer is not None else (float("nan"), float("nan")))
@@ -179,14 +187,30 @@ def main(args: argparse.Namespace) -> int:
             x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
             codes = torch.randint(0, 256, x.shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
             direct = direct_conv(c, o, side, size=1)
-            qconv = QuantConv(direct, (1.0 / 255, 0))
-            own = Int8Pointwise(direct, (1.0 / 255, 0)) if Int8Pointwise.applies(direct) else None
+            qconv = QuantConv(direct, CODES_QP)
+            own = Int8Pointwise(direct, CODES_QP) if Int8Pointwise.applies(direct) else None
             t_fp32 = median_ms(lambda: direct(x), args.runs)
             t_q = [median_ms(lambda: qconv(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
             t_own = ([median_ms(lambda: own(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
                      if own is not None else [float("nan")] * 2)
             print(f"| {c} -> {o} @ {side} | {c * o * side * side / 1e9:.2f} | {t_fp32:.2f} | {t_q[0]:.2f} | "
                   f"{t_q[1]:.2f} | {t_own[0]:.2f} | {t_own[1]:.2f} | {t_own[1] / t_q[1]:.2f} |", flush=True)
+        print("\n| C -> O @ input map (3x3, stride 2) | GMAC | fp32 direct | int8 oneDNN | int8 oneDNN cold "
+              "| yolodet strided | yolodet strided cold | yolodet / oneDNN, cold |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for c, o, side in SHAPES_STRIDED:
+            x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
+            codes = torch.randint(0, 256, x.shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+            direct = direct_conv(c, o, side, stride=2)
+            qconv = QuantConv(direct, CODES_QP)
+            own = Int8Direct3x3(direct, CODES_QP) if Int8Direct3x3.applies(direct) else None
+            t_fp32 = median_ms(lambda: direct(x), args.runs)
+            t_q = [median_ms(lambda: qconv(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
+            t_own = ([median_ms(lambda: own(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
+                     if own is not None else [float("nan")] * 2)
+            gmac = c * o * 9 * (side // 2) ** 2 / 1e9
+            print(f"| {c} -> {o} @ {side} | {gmac:.2f} | {t_fp32:.2f} | {t_q[0]:.2f} | {t_q[1]:.2f} | "
+                  f"{t_own[0]:.2f} | {t_own[1]:.2f} | {t_own[1] / t_q[1]:.2f} |", flush=True)
     return 0
 
 

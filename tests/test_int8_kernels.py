@@ -11,6 +11,7 @@ import torch
 from conftest import frozen_conv, randomize
 from yolodet.inference import quantize as quantize_module
 from yolodet.inference.calibrate import calibrate
+from yolodet.inference.direct_int8 import Int8Direct3x3
 from yolodet.inference.frozen import fold_batchnorm
 from yolodet.inference.int8_kernels import KernelConv, avx2_kernels
 from yolodet.inference.optimize import optimize_for_inference
@@ -22,13 +23,16 @@ from yolodet.modeling.model import Darknet
 pytestmark = pytest.mark.skipif(avx2_kernels() is None or not int8_available(),
                                 reason="the AVX2 int8 kernels are not built or this CPU has no AVX2/FMA")
 
-KINDS = ["f2", "f4", "pointwise"]
+KINDS = ["f2", "f4", "pointwise", "direct"]
 
 
 def _layer(kind: str, c: int, o: int, act: str = "leaky", seed: int = 0) -> KernelConv:
-    conv = frozen_conv(c, o, size=1 if kind == "pointwise" else 3, act=act, seed=seed)
+    conv = frozen_conv(c, o, size=1 if kind == "pointwise" else 3, act=act, seed=seed,
+                       stride=2 if kind == "direct" else 1)
     if kind == "pointwise":
         return Int8Pointwise(conv, (0.02, 37))
+    if kind == "direct":
+        return Int8Direct3x3(conv, (0.02, 37))
     return Int8Winograd(conv, (0.02, 37), tile=2 if kind == "f2" else 4)
 
 

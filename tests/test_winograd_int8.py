@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from conftest import LANE_PATTERN, ROOT, assert_kernel_output, frozen_conv, lane_quads, randomize
 from yolodet.inference import quantize as quantize_module
 from yolodet.inference.calibrate import calibrate
+from yolodet.inference.direct_int8 import Int8Direct3x3
 from yolodet.inference.frozen import FrozenConv, fold_batchnorm
 from yolodet.inference.optimize import optimize_for_inference
 from yolodet.inference.pointwise_int8 import Int8Pointwise
@@ -195,7 +196,8 @@ def _block(filters: int, size: int, stride: int, act: str) -> str:
 
 
 # 0: the first conv (fp32); 1, 3: int8 Winograd (3 with an activation the kernel does not fuse); 4: 1x1 (the AVX2
-# 1x1 kernel); 5: too few input channels, 6: stride 2 (both oneDNN's direct int8); 7: feeds the head (fp32).
+# 1x1 kernel); 5: too few input channels (oneDNN's direct int8); 6: stride 2 (the AVX2 strided kernel); 7: feeds the
+# head (fp32).
 NET = ("[net]\nwidth=64\nheight=64\nchannels=3\n\n" + _block(32, 3, 1, "leaky") + _block(32, 3, 1, "leaky")
        + "[maxpool]\nsize=2\nstride=2\n\n" + _block(64, 3, 1, "mish") + _block(16, 1, 1, "leaky")
        + _block(32, 3, 1, "leaky") + _block(64, 3, 2, "leaky")
@@ -216,11 +218,12 @@ def test_network_uses_it_where_onednn_has_no_vnni(monkeypatch) -> None:
     layers = net.net.layers
     assert [i for i, layer in enumerate(layers) if isinstance(layer, Int8Winograd)] == [1, 3]
     assert [i for i, layer in enumerate(layers) if isinstance(layer, Int8Pointwise)] == [4]
-    assert [i for i, layer in enumerate(layers) if isinstance(layer, QuantConv)] == [5, 6]
+    assert [i for i, layer in enumerate(layers) if isinstance(layer, Int8Direct3x3)] == [6]
+    assert [i for i, layer in enumerate(layers) if isinstance(layer, QuantConv)] == [5]
     _, direct = _net(monkeypatch, vnni=False, winograd=False)
-    assert not any(isinstance(layer, (Int8Winograd, Int8Pointwise)) for layer in direct.net.layers)
+    assert not any(isinstance(layer, (Int8Winograd, Int8Pointwise, Int8Direct3x3)) for layer in direct.net.layers)
     _, vnni = _net(monkeypatch, vnni=True)
-    assert not any(isinstance(layer, (Int8Winograd, Int8Pointwise)) for layer in vnni.net.layers)
+    assert not any(isinstance(layer, (Int8Winograd, Int8Pointwise, Int8Direct3x3)) for layer in vnni.net.layers)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
@@ -244,4 +247,5 @@ def test_chosen_when_onednn_is_held_to_avx2() -> None:
                           env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "winograd layers 2" in done.stdout
-    assert "2 of them as Winograd on int8 codes, F(4x4) 2, F(2x2) 0, and 1 1x1 (the AVX2 kernels)" in done.stdout
+    assert ("2 of them as Winograd on int8 codes, F(4x4) 2, F(2x2) 0, 1 1x1 and 1 strided 3x3 (the AVX2 kernels)"
+            in done.stdout)

@@ -1,5 +1,6 @@
 /* yolodet._int8_avx2: Python binding of the int8 fast mode's AVX2 kernels: Winograd F(2x2, 3x3) in 8 bits
- * (winograd_int8.h), F(4x4, 3x3) with 16-bit transformed operands (winograd_f4.h), and 1x1 (pointwise_int8.h).
+ * (winograd_int8.h), F(4x4, 3x3) with 16-bit transformed operands (winograd_f4.h), 1x1 (pointwise_int8.h) and direct
+ * 3x3 with a stride (direct_int8.h).
  *
  * conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads) -> None: F(2x2)
  *   x: uint8 [H, W, C] codes (zero point z); packed: int8 [16, ceil(O/16), ceil(C/4), 16, 4];
@@ -9,6 +10,9 @@
  * pointwise(x, packed, corr, scale, bias, slope, out, P, C, O, threads) -> None: 1x1 (pointwise_int8.h)
  *   x: uint8 [P, C] codes (C a multiple of 4); packed: int8 [ceil(O/16), C/4, 16, 4]; corr: int32 [O];
  *   scale, bias: float32 [O]; out: float32 [P, O], written.
+ * direct(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, stride, threads) -> None: 3x3, padding 1
+ *   x: uint8 [H, W, C] codes (C a multiple of 4); packed: int8 [9, ceil(O/16), C/4, 16, 4]; corr: int32 [O];
+ *   scale, bias: float32 [O]; out: float32 [Ho, Wo, O], Ho = (H - 1) // stride + 1 (Wo likewise), written.
  * Each takes, after threads, the optional epilogue arguments (epilogue.h) residual=None, codes=None, code_scale=1.0,
  * code_zero=0: residual, float32 [pixels, O], is added after the activation; codes, uint8 [pixels, O], receives the
  * output's codes (code_scale, code_zero: their quantisation). out may then be None (only the codes are written).
@@ -22,6 +26,7 @@
 
 #include <string.h>
 
+#include "direct_int8.h"
 #include "pointwise_int8.h"
 #include "winograd_f4.h"
 #include "winograd_int8.h"
@@ -175,6 +180,40 @@ static PyObject *pointwise(PyObject *self, PyObject *args, PyObject *kw) {
     return finish((Py_buffer *const[]){&x, &packed, &corr, &scale, &bias}, 5, ran, 0);
 }
 
+static char *direct_kw[] = {"x", "z", "packed", "corr", "scale", "bias", "slope", "out", "H", "W", "C", "O",
+                            "stride", "threads", "residual", "codes", "code_scale", "code_zero", NULL};
+
+static PyObject *direct(PyObject *self, PyObject *args, PyObject *kw) {
+    Py_buffer x, packed, corr, scale, bias;
+    PyObject *out, *residual = Py_None, *codes = Py_None;
+    int z, H, W, C, O, stride, threads, code_zero = 0, rc = 0, ran = 0;
+    float slope;
+    double code_scale = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*iy*y*y*y*fOiiiiii|OOdi", direct_kw, &x, &z, &packed, &corr, &scale,
+                                     &bias, &slope, &out, &H, &W, &C, &O, &stride, &threads, &residual, &codes,
+                                     &code_scale, &code_zero))
+        return NULL;
+    const Py_ssize_t ob = (O + DIRECT_NR - 1) / DIRECT_NR;
+    struct outputs o = {0};
+    struct epilogue e;
+    if (H < 1 || W < 1 || C < 4 || C % 4 || O < 1 || stride < 1 || threads < 1 || z < 0 || z > 255) {
+        PyErr_SetString(PyExc_ValueError, "H, W, O, stride and threads must be positive, C a positive multiple of 4 "
+                                          "and 0 <= z <= 255");
+    } else if (check(&x, (Py_ssize_t)H * W * C, "x") && check(&packed, 9 * ob * DIRECT_NR * C, "packed") &&
+               check(&corr, (Py_ssize_t)O * 4, "corr") && check(&scale, (Py_ssize_t)O * 4, "scale") &&
+               check(&bias, (Py_ssize_t)O * 4, "bias") &&
+               take_outputs(&o, &e, out, residual, codes, code_scale, code_zero, slope,
+                            (Py_ssize_t)((H - 1) / stride + 1) * ((W - 1) / stride + 1) * O)) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = direct3x3_int8_conv(x.buf, H, W, C, z, stride, packed.buf, O, corr.buf, scale.buf, bias.buf, &e,
+                                 threads);
+        Py_END_ALLOW_THREADS
+        ran = 1;
+    }
+    release_outputs(&o);
+    return finish((Py_buffer *const[]){&x, &packed, &corr, &scale, &bias}, 5, ran, rc);
+}
+
 static PyMethodDef methods[] = {
     {"conv", (PyCFunction)(void (*)(void))conv, METH_VARARGS | METH_KEYWORDS,
      "conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads, residual=None, codes=None, code_scale=1.0, code_zero=0): int8 Winograd F(2x2, 3x3), AVX2"},
@@ -183,11 +222,14 @@ static PyMethodDef methods[] = {
      "16-bit transformed operands, AVX2"},
     {"pointwise", (PyCFunction)(void (*)(void))pointwise, METH_VARARGS | METH_KEYWORDS,
      "pointwise(x, packed, corr, scale, bias, slope, out, P, C, O, threads, residual=None, codes=None, code_scale=1.0, code_zero=0): 1x1 convolution on uint8 codes, AVX2"},
+    {"direct", (PyCFunction)(void (*)(void))direct, METH_VARARGS | METH_KEYWORDS,
+     "direct(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, stride, threads, residual=None, codes=None, "
+     "code_scale=1.0, code_zero=0): direct 3x3 convolution (padding 1) on uint8 codes, AVX2"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_int8_avx2",
-                                    "int8 convolutions for AVX2 CPUs: Winograd F(2x2), F(4x4); 1x1", -1,
+                                    "int8 convolutions for AVX2 CPUs: Winograd F(2x2), F(4x4); 1x1; direct strided 3x3", -1,
                                     methods};
 
 PyMODINIT_FUNC PyInit__int8_avx2(void) { return PyModule_Create(&module); }

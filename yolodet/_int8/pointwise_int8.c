@@ -24,7 +24,7 @@ static void block(const uint8_t *x, int P, int C, const int8_t *packed, int O, c
     const int p0 = pb * U8S8_MR, np = P - p0 < U8S8_MR ? P - p0 : U8S8_MR;
     for (int r = 0; r < U8S8_MR; r++) /* past the last pixel: recompute the last one, never stored */
         rows[r] = x + (size_t)(p0 + (r < np ? r : np - 1)) * C;
-    products_u8s8(rows, packed + (size_t)bo * C * U8S8_NR, C / 4, acc);
+    products_u8s8(rows, packed + (size_t)bo * C * U8S8_NR, C / 4, acc, 0);
     for (int j0 = 0; j0 < U8S8_NR; j0 += 8) {
         const int o = bo * U8S8_NR + j0;
         if (o + 8 <= O) {

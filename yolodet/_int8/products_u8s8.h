@@ -1,7 +1,7 @@
-/* The uint8 x int8 product block shared by the int8 kernels for AVX2 (no VNNI): winograd_int8.c's F(2x2) products
- * and pointwise_int8.c's 1x1 convolution. vpmaddubsw multiplies uint8 by int8 and sums each pair in 16 bits
- * (saturating: the callers bound the weight codes so it cannot), vpmaddwd by ones sums pairs of pairs into
- * 32 bits. */
+/* The uint8 x int8 product block shared by the int8 kernels for AVX2 (no VNNI): winograd_int8.c's F(2x2) products,
+ * pointwise_int8.c's 1x1 convolution and direct_int8.c's strided 3x3. vpmaddubsw multiplies uint8 by int8 and sums
+ * each pair in 16 bits (saturating: the callers bound the weight codes so it cannot), vpmaddwd by ones sums pairs
+ * of pairs into 32 bits. */
 #ifndef YOLODET_PRODUCTS_U8S8_H
 #define YOLODET_PRODUCTS_U8S8_H
 
@@ -16,12 +16,23 @@
  * two vpmaddubsw pair sums of groups k and k + 1 are added in 16 bits (vpaddw) before vpmaddwd widens them, one
  * widening per 8 channels instead of per 4. Exact when every quad of a channel's codes that shares a 16-bit lane,
  * channels {8m, 8m+1, 8m+4, 8m+5} and {8m+2, 8m+3, 8m+6, 8m+7}, is at most 128 in magnitude (int8_rounding's
- * kernel_int8_weights): 255 x 128 = 32640 fits. */
+ * kernel_int8_weights): 255 x 128 = 32640 fits. accumulate: add to acc's sums instead of overwriting them (the
+ * taps of a direct convolution). */
 static inline void products_u8s8(const uint8_t *const rows[U8S8_MR], const int8_t *w, int cq,
-                                 int32_t acc[U8S8_MR][U8S8_NR]) {
+                                 int32_t acc[U8S8_MR][U8S8_NR], int accumulate) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
             c31 = c00;
+    if (accumulate) {
+        c00 = _mm256_loadu_si256((const __m256i *)acc[0]);
+        c01 = _mm256_loadu_si256((const __m256i *)(acc[0] + 8));
+        c10 = _mm256_loadu_si256((const __m256i *)acc[1]);
+        c11 = _mm256_loadu_si256((const __m256i *)(acc[1] + 8));
+        c20 = _mm256_loadu_si256((const __m256i *)acc[2]);
+        c21 = _mm256_loadu_si256((const __m256i *)(acc[2] + 8));
+        c30 = _mm256_loadu_si256((const __m256i *)acc[3]);
+        c31 = _mm256_loadu_si256((const __m256i *)(acc[3] + 8));
+    }
     const uint8_t *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
     int k = 0;
     for (; k + 2 <= cq; k += 2) {

@@ -210,7 +210,7 @@ static void block(const void *args, int tb, int bo) {
     for (int p = 0; p < 16; p++) {
         for (int r = 0; r < MR; r++) /* past the last tile: recompute the last one, never stored */
             rows[r] = a->v + (size_t)(t0 + (r < nt ? r : nt - 1)) * a->tile_bytes + (size_t)p * a->c4;
-        products_u8s8(rows, a->packed + ((size_t)p * a->ob + bo) * a->cq * WINO_NR * 4, a->cq, acc[p]);
+        products_u8s8(rows, a->packed + ((size_t)p * a->ob + bo) * a->cq * WINO_NR * 4, a->cq, acc[p], 0);
     }
     for (int r = 0; r < nt; r++) {
         const int t = t0 + r, oy = 2 * (t / a->tw), ox = 2 * (t % a->tw);

@@ -63,16 +63,20 @@ class KernelConv(nn.Module):
         write codes."""
         return self._frozen is None
 
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        """The output's (H', W') for an input of (h, w): the same, unless the kernel strides."""
+        return h, w
+
     def _run(self, kernel, x: np.ndarray, out: np.ndarray | None, threads: int, **epilogue) -> None:
-        """One image: x uint8 [H, W, C] codes -> out float32 [H, W, O] (or None), written; ``epilogue``: the
+        """One image: x uint8 [H, W, C] codes -> out float32 [H', W', O] (or None), written; ``epilogue``: the
         kernel's optional ``residual``, ``codes``, ``code_scale``, ``code_zero``."""
         raise NotImplementedError
 
     def run(self, q: torch.Tensor, residual: torch.Tensor | None = None,
             codes_qp: tuple[float, int] | None = None, keep_float: bool = True
             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """q uint8 [B, C, H, W] -> (fp32 [B, O, H, W] or None, uint8 codes [B, O, H, W] of ``codes_qp`` or None),
-        both channels_last. ``residual`` (fp32 [B, O, H, W]) is added after the activation; ``codes_qp`` asks for
+        """q uint8 [B, C, H, W] -> (fp32 [B, O, H', W'] or None, uint8 codes [B, O, H', W'] of ``codes_qp`` or
+        None), both channels_last (:meth:`out_size`). ``residual`` (fp32 [B, O, H', W']) is added after the activation; ``codes_qp`` asks for
         the codes (bit for bit :func:`~yolodet.inference.quantize._quantize` of the fp32 output); ``keep_float``
         False skips the fp32 output (then ``codes_qp`` is required). Both need :attr:`fuses_epilogue`."""
         if (residual is not None or codes_qp is not None) and not self.fuses_epilogue:
@@ -81,7 +85,8 @@ class KernelConv(nn.Module):
             raise ValueError("keep_float=False needs codes_qp")
         kernel = avx2_kernels()
         q = q.contiguous(memory_format=torch.channels_last)
-        b, _, h, w = q.shape
+        b = q.shape[0]
+        h, w = self.out_size(*q.shape[2:])
         out = torch.empty(b, h, w, self.filters) if keep_float else None
         codes = torch.empty(b, h, w, self.filters, dtype=torch.uint8) if codes_qp is not None else None
         if residual is not None:

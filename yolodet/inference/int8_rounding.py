@@ -46,7 +46,8 @@ def int8_weights(weight: torch.Tensor, vnni: bool) -> tuple[torch.Tensor, torch.
 
 
 def kernel_int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[O, C] fp32 weights -> (int8 codes [O, C], [O] scales) for yolodet's own AVX2 kernels
+    """[O, ..., C] fp32 weights -> (int8 codes, same shape; [O] scales) for yolodet's own AVX2 kernels, which sum
+    over the last dimension C (every other one is a separate product: a tap, a Winograd position)
     (``yolodet/_int8/products_u8s8.h``): there the 16-bit sums of ``vpmaddubsw`` hold four products, channels
     {8m, 8m+1, 8m+4, 8m+5} and {8m+2, 8m+3, 8m+6, 8m+7}, before ``vpmaddwd`` widens them; each such quad of a
     channel's codes is kept at most 128 in magnitude (255 x 128 fits 16 bits), exact for every input.
@@ -55,9 +56,9 @@ def kernel_int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     its quad keeps 126 codes). Unlike :func:`int8_weights`' bound on *any* two weights (oneDNN's pairing is not known), these
     quads are fixed: on yolov3-tiny's layers the scale is within a few percent of the pair bound's."""
     w = weight.detach().float()
-    o, c = w.shape
-    padded = torch.zeros(o, -(-c // 8) * 8)
-    padded[:, :c] = w.abs()
-    quads = padded.view(o, -1, 2, 2, 2).sum((2, 4))  # [O, C/8, 2]: block m, half j (channels 8m + 4h + 2j + e)
-    scale = (quads.flatten(1).amax(1) / 126).clamp_min(1e-12)
-    return torch.round(w / scale.view(-1, 1)).to(torch.int8), scale
+    o, c = w.shape[0], w.shape[-1]
+    padded = torch.zeros(*w.shape[:-1], -(-c // 8) * 8)
+    padded[..., :c] = w.abs()
+    quads = padded.view(*w.shape[:-1], -1, 2, 2, 2).sum((-3, -1))  # [..., C/8, 2]: channels 8m + 4h + 2j + e
+    scale = (quads.reshape(o, -1).amax(1) / 126).clamp_min(1e-12)
+    return torch.round(w / scale.view(-1, *[1] * (w.ndim - 1))).to(torch.int8), scale

@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from yolodet.inference.calibrate import Calibration
+from yolodet.inference.direct_int8 import Int8Direct3x3
 from yolodet.inference.frozen import FrozenConv, PairMaxPool
 from yolodet.inference.int8_kernels import KernelConv
 from yolodet.inference.int8_rounding import cpu_has_vnni, int8_weights
@@ -145,7 +146,7 @@ class QuantConv(nn.Module):
         return y if self._frozen is None else self._frozen._activate_(y)
 
 
-_INT8 = (QuantConv, Int8Winograd, Int8Pointwise)  # the layers that take uint8 codes
+_INT8 = (QuantConv, Int8Winograd, Int8Pointwise, Int8Direct3x3)  # the layers that take uint8 codes
 
 
 class _Value:
@@ -210,16 +211,18 @@ class QuantizedNet(nn.Module):
             if (i > 0 and i not in head_inputs and isinstance(layer, FrozenConv)
                     and QuantConv.applies(layer)):
                 kind = (Int8Winograd if own and Int8Winograd.applies(layer)
-                        else Int8Pointwise if own and Int8Pointwise.applies(layer) else QuantConv)
+                        else Int8Pointwise if own and Int8Pointwise.applies(layer)
+                        else Int8Direct3x3 if own and Int8Direct3x3.applies(layer) else QuantConv)
                 layers[i] = kind(layer, qps[i - 1])
         self.fuse = True
         self._plan()
         tiles = [layer.tile for layer in layers if isinstance(layer, Int8Winograd)]
         pointwise = sum(isinstance(layer, Int8Pointwise) for layer in layers)
-        log.info("int8: %d convolutions, %d of them as Winograd on int8 codes, F(4x4) %d, F(2x2) %d, and %d 1x1 (%s)",
-                 len(self.int8_layers()), len(tiles), tiles.count(4), tiles.count(2), pointwise,
-                 "oneDNN has VNNI here: its direct kernels are faster" if winograd and not own
-                 else "the AVX2 kernels" if tiles or pointwise
+        strided = sum(isinstance(layer, Int8Direct3x3) for layer in layers)
+        log.info("int8: %d convolutions, %d of them as Winograd on int8 codes, F(4x4) %d, F(2x2) %d, %d 1x1 and %d "
+                 "strided 3x3 (%s)", len(self.int8_layers()), len(tiles), tiles.count(4), tiles.count(2), pointwise,
+                 strided, "oneDNN has VNNI here: its direct kernels are faster" if winograd and not own
+                 else "the AVX2 kernels" if tiles or pointwise or strided
                  else "none applies or the kernels are not available here")
 
     def _plan(self) -> None:
