@@ -135,6 +135,27 @@ def fp32_products(wino: Winograd3x3, side: int, runs: int) -> float:
     return median_ms(lambda: wino.products(v), runs)
 
 
+def kernel_table(what: str, label: str, shapes, stride: int, kernel, runs: int, flush: torch.Tensor) -> None:
+    """One table of leaky convolutions (1x1, or 3x3 with ``stride``): fp32 direct, oneDNN's int8 (:class:`QuantConv`,
+    leaky after it in fp32) and yolodet's AVX2 ``kernel`` layer, the int8 ones warm and cold."""
+    print(f"\n| C -> O @ {what} | GMAC | fp32 direct | int8 oneDNN | int8 oneDNN cold | yolodet {label} "
+          f"| yolodet {label} cold | yolodet / oneDNN, cold |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for c, o, side in shapes:
+        x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
+        codes = torch.randint(0, 256, x.shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+        direct = direct_conv(c, o, side, size=1 if stride == 1 else 3, stride=stride)
+        qconv = QuantConv(direct, CODES_QP)
+        own = kernel(direct, CODES_QP) if kernel.applies(direct) else None
+        t_fp32 = median_ms(lambda: direct(x), runs)
+        t_q = [median_ms(lambda: qconv(codes), runs, before) for before in (None, lambda: flush.add_(1))]
+        t_own = ([median_ms(lambda: own(codes), runs, before) for before in (None, lambda: flush.add_(1))]
+                 if own is not None else [float("nan")] * 2)
+        gmac = c * o * (1 if stride == 1 else 9) * (-(-side // stride)) ** 2 / 1e9
+        print(f"| {c} -> {o} @ {side} | {gmac:.2f} | {t_fp32:.2f} | {t_q[0]:.2f} | {t_q[1]:.2f} | "
+              f"{t_own[0]:.2f} | {t_own[1]:.2f} | {t_own[1] / t_q[1]:.2f} |", flush=True)
+
+
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as optimize_for_inference does: a layer's fresh outputs reuse freed pages, not new ones
@@ -180,37 +201,8 @@ def main(args: argparse.Namespace) -> int:
                   f"{own[4][0]:.2f} | {own[4][1]:.2f} | {f'F({picked}x{picked})' if picked else 'int8 direct'} | "
                   f"{(own[picked][1] if picked else t_int8) / min(t_direct, t_wino):.2f} |",
                   flush=True)
-        print("\n| C -> O @ map (1x1) | GMAC | fp32 direct | int8 oneDNN | int8 oneDNN cold | yolodet 1x1 "
-              "| yolodet 1x1 cold | yolodet / oneDNN, cold |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for c, o, side in SHAPES_1X1:
-            x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
-            codes = torch.randint(0, 256, x.shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
-            direct = direct_conv(c, o, side, size=1)
-            qconv = QuantConv(direct, CODES_QP)
-            own = Int8Pointwise(direct, CODES_QP) if Int8Pointwise.applies(direct) else None
-            t_fp32 = median_ms(lambda: direct(x), args.runs)
-            t_q = [median_ms(lambda: qconv(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
-            t_own = ([median_ms(lambda: own(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
-                     if own is not None else [float("nan")] * 2)
-            print(f"| {c} -> {o} @ {side} | {c * o * side * side / 1e9:.2f} | {t_fp32:.2f} | {t_q[0]:.2f} | "
-                  f"{t_q[1]:.2f} | {t_own[0]:.2f} | {t_own[1]:.2f} | {t_own[1] / t_q[1]:.2f} |", flush=True)
-        print("\n| C -> O @ input map (3x3, stride 2) | GMAC | fp32 direct | int8 oneDNN | int8 oneDNN cold "
-              "| yolodet strided | yolodet strided cold | yolodet / oneDNN, cold |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for c, o, side in SHAPES_STRIDED:
-            x = torch.rand(1, c, side, side).contiguous(memory_format=torch.channels_last)
-            codes = torch.randint(0, 256, x.shape, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
-            direct = direct_conv(c, o, side, stride=2)
-            qconv = QuantConv(direct, CODES_QP)
-            own = Int8Direct3x3(direct, CODES_QP) if Int8Direct3x3.applies(direct) else None
-            t_fp32 = median_ms(lambda: direct(x), args.runs)
-            t_q = [median_ms(lambda: qconv(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
-            t_own = ([median_ms(lambda: own(codes), args.runs, before) for before in (None, lambda: flush.add_(1))]
-                     if own is not None else [float("nan")] * 2)
-            gmac = c * o * 9 * (side // 2) ** 2 / 1e9
-            print(f"| {c} -> {o} @ {side} | {gmac:.2f} | {t_fp32:.2f} | {t_q[0]:.2f} | {t_q[1]:.2f} | "
-                  f"{t_own[0]:.2f} | {t_own[1]:.2f} | {t_own[1] / t_q[1]:.2f} |", flush=True)
+        kernel_table("map (1x1)", "1x1", SHAPES_1X1, 1, Int8Pointwise, args.runs, flush)
+        kernel_table("input map (3x3, stride 2)", "strided", SHAPES_STRIDED, 2, Int8Direct3x3, args.runs, flush)
     return 0
 
 

@@ -21,7 +21,7 @@ against 4.40, 64 -> 128 @208 3.93 / 4.02, 128 -> 256 @104 3.65 / 4.08, 256 -> 51
 from __future__ import annotations
 
 from yolodet.inference.frozen import FrozenConv
-from yolodet.inference.int8_kernels import KernelConv, avx2_kernels, pack
+from yolodet.inference.int8_kernels import KernelConv, avx2_kernels
 from yolodet.inference.int8_rounding import kernel_int8_weights
 
 __all__ = ["Int8Direct3x3"]
@@ -33,12 +33,9 @@ class Int8Direct3x3(KernelConv):
 
     def __init__(self, conv: FrozenConv, in_qp: tuple[float, int]) -> None:
         super().__init__(conv, in_qp)
-        scale_in, zero = in_qp
         self.stride = int(conv.stride[0])
         codes, scale = kernel_int8_weights(conv.weight.detach().permute(0, 2, 3, 1))  # [O, 3, 3, C], [O]
-        self.register_buffer("packed", pack(codes.flatten(1, 2).transpose(0, 1), 4))  # taps [9, O, C]
-        self.register_buffer("corr", (zero * codes.long().flatten(1).sum(1)).int())  # [O]: zero point x sum of codes
-        self.register_buffer("scale", (scale_in * scale.double()).float())  # [O]
+        self._register_products(codes.flatten(1, 2).transpose(0, 1), scale, in_qp)  # taps [9, O, C]
 
     @staticmethod
     def applies(conv: FrozenConv) -> bool:

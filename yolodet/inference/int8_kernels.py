@@ -57,6 +57,15 @@ class KernelConv(nn.Module):
         slope = 1.0 if isinstance(conv.act, nn.Identity) else conv._fused_slope()  # linear, leaky, relu
         self.slope, self._frozen = (1.0, conv) if slope is None else (slope, None)  # else: the activation after it
 
+    def _register_products(self, codes: torch.Tensor, scale: torch.Tensor, in_qp: tuple[float, int]) -> None:
+        """Register what a kernel summing one set of products per output reads (1x1, direct 3x3): ``codes`` int8
+        [P, O, C] (P: the taps, summed), ``scale`` [O] -> ``packed`` (:func:`pack`), ``corr`` [O] (the input's zero
+        point x the sum of each output's codes), ``scale`` [O] (the input's scale x ``scale``)."""
+        scale_in, zero = in_qp
+        self.register_buffer("packed", pack(codes, 4))
+        self.register_buffer("corr", (zero * codes.long().sum((0, 2))).int())
+        self.register_buffer("scale", (scale_in * scale.double()).float())
+
     @property
     def fuses_epilogue(self) -> bool:
         """Whether the whole activation runs in the kernel, so that :meth:`run` can add a residual after it and

@@ -20,7 +20,7 @@ oneDNN has no VNNI and the AVX2 kernels are available (:func:`~yolodet.inference
 from __future__ import annotations
 
 from yolodet.inference.frozen import FrozenConv
-from yolodet.inference.int8_kernels import KernelConv, avx2_kernels, pack
+from yolodet.inference.int8_kernels import KernelConv, avx2_kernels
 from yolodet.inference.int8_rounding import kernel_int8_weights
 
 __all__ = ["Int8Pointwise"]
@@ -32,11 +32,8 @@ class Int8Pointwise(KernelConv):
 
     def __init__(self, conv: FrozenConv, in_qp: tuple[float, int]) -> None:
         super().__init__(conv, in_qp)
-        scale_in, zero = in_qp
         codes, scale = kernel_int8_weights(conv.weight.detach().flatten(1))  # [O, C], [O]
-        self.register_buffer("packed", pack(codes.unsqueeze(0), 4))  # one position
-        self.register_buffer("corr", (zero * codes.long().sum(1)).int())  # [O]: zero point x sum of codes
-        self.register_buffer("scale", (scale_in * scale.double()).float())  # [O]
+        self._register_products(codes.unsqueeze(0), scale, in_qp)  # one tap
 
     @staticmethod
     def applies(conv: FrozenConv) -> bool:
