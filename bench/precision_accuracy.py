@@ -16,7 +16,9 @@ truth): on 128 images, a category with two objects weighs as much as one with 25
 
 For ``--fast int8`` (what ``half`` is on CPUs without native bf16) the fast mode is calibrated on ``--calibrate``
 (default: the bundled sample image, the product's default) and the weight table rounds each BN-folded conv weight to
-int8 per output channel as the int8 mode does.
+int8 per output channel as the int8 mode does in the spatial domain (the lane bound of yolodet's AVX2 kernels where
+its 1x1 and strided 3x3 ones run, oneDNN's bound elsewhere; its Winograd layers round their transformed weights
+instead, which this table does not model).
 
 Not a test. Usage: ``python bench/precision_accuracy.py [--seeds 8] [--preprocess darknet-letterbox]``
 """
@@ -51,6 +53,9 @@ from yolodet.inference.optimize import (
     resolve_precision,
 )
 from yolodet.inference.postprocess import Detections  # noqa: E402
+from yolodet.inference.direct_int8 import Int8Direct3x3  # noqa: E402
+from yolodet.inference.int8_rounding import kernel_int8_weights  # noqa: E402
+from yolodet.inference.pointwise_int8 import Int8Pointwise  # noqa: E402
 from yolodet.inference.quantize import cpu_has_vnni, int8_weights  # noqa: E402
 
 from _coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
@@ -107,6 +112,17 @@ class PrebuiltDetector(Detector):
         return self.net
 
 
+def int8_rounded(conv: FrozenConv) -> torch.Tensor:
+    """``conv``'s [O, C, k, k] weight as the int8 mode rounds it: the lane bound where yolodet's AVX2 1x1 or strided
+    kernel runs it, else oneDNN's (:func:`int8_weights`)."""
+    w = conv.weight
+    if not cpu_has_vnni() and (Int8Pointwise.applies(conv) or Int8Direct3x3.applies(conv)):
+        codes, scale = kernel_int8_weights(w.permute(0, 2, 3, 1))
+        return (codes.float() * scale.view(-1, 1, 1, 1)).permute(0, 3, 1, 2)
+    codes, scale = int8_weights(w, cpu_has_vnni())
+    return codes.float() * scale.view(-1, 1, 1, 1)
+
+
 def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | None = None,
                         noise: float = 0.0, fast: str = "bf16") -> tuple[float, float]:
     """fp32 (AP, AP50) with every BN-folded conv weight rounded as the fast mode rounds it (bf16, or int8 per
@@ -119,8 +135,7 @@ def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | N
             if isinstance(layer, FrozenConv):
                 w = layer.weight
                 if g is None and fast == "int8":
-                    codes, scale = int8_weights(w, cpu_has_vnni())
-                    w.copy_(codes.float() * scale.view(-1, 1, 1, 1))
+                    w.copy_(int8_rounded(layer))
                 elif g is None:
                     w.copy_(w.bfloat16().float())
                 else:
