@@ -216,12 +216,14 @@ static PyObject *direct(PyObject *self, PyObject *args, PyObject *kw) {
 
 static PyMethodDef methods[] = {
     {"conv", (PyCFunction)(void (*)(void))conv, METH_VARARGS | METH_KEYWORDS,
-     "conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads, residual=None, codes=None, code_scale=1.0, code_zero=0): int8 Winograd F(2x2, 3x3), AVX2"},
+     "conv(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, threads, residual=None, codes=None, "
+     "code_scale=1.0, code_zero=0): int8 Winograd F(2x2, 3x3), AVX2"},
     {"conv4", (PyCFunction)(void (*)(void))conv4, METH_VARARGS | METH_KEYWORDS,
-     "conv4(x, z, packed, scale, bias, slope, out, H, W, C, O, threads, residual=None, codes=None, code_scale=1.0, code_zero=0): Winograd F(4x4, 3x3) on uint8 codes, "
-     "16-bit transformed operands, AVX2"},
+     "conv4(x, z, packed, scale, bias, slope, out, H, W, C, O, threads, residual=None, codes=None, "
+     "code_scale=1.0, code_zero=0): Winograd F(4x4, 3x3) on uint8 codes, 16-bit transformed operands, AVX2"},
     {"pointwise", (PyCFunction)(void (*)(void))pointwise, METH_VARARGS | METH_KEYWORDS,
-     "pointwise(x, packed, corr, scale, bias, slope, out, P, C, O, threads, residual=None, codes=None, code_scale=1.0, code_zero=0): 1x1 convolution on uint8 codes, AVX2"},
+     "pointwise(x, packed, corr, scale, bias, slope, out, P, C, O, threads, residual=None, codes=None, "
+     "code_scale=1.0, code_zero=0): 1x1 convolution on uint8 codes, AVX2"},
     {"direct", (PyCFunction)(void (*)(void))direct, METH_VARARGS | METH_KEYWORDS,
      "direct(x, z, packed, corr, scale, bias, slope, out, H, W, C, O, stride, threads, residual=None, codes=None, "
      "code_scale=1.0, code_zero=0): direct 3x3 convolution (padding 1) on uint8 codes, AVX2"},
@@ -229,7 +231,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_int8_avx2",
-                                    "int8 convolutions for AVX2 CPUs: Winograd F(2x2), F(4x4); 1x1; direct strided 3x3", -1,
-                                    methods};
+                                    "int8 convolutions for AVX2 CPUs: Winograd F(2x2), F(4x4); 1x1; strided 3x3",
+                                    -1, methods};
 
 PyMODINIT_FUNC PyInit__int8_avx2(void) { return PyModule_Create(&module); }

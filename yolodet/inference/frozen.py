@@ -88,7 +88,7 @@ class FrozenConv(nn.Module):
         if self._use_winograd(x):
             if self._winograd is None:
                 self._winograd = Winograd3x3(self.weight, self.bias)
-            slope = self._fused_slope()  # leaky and relu inside the output transform
+            slope = self._fused_slope()  # linear, leaky and relu inside the output transform
             y = self._winograd(x, slope)
             return y if slope is not None else self._activate_(y)
         if self._use_onednn(x):
@@ -104,9 +104,13 @@ class FrozenConv(nn.Module):
         return self._activate_(y)
 
     def _fused_slope(self) -> float | None:
-        """The activation as ``max(y, slope * y)``: leaky's slope, 0 for relu; None for any other."""
-        return (float(self._scalars[0]) if self._attr == "leaky_relu"
-                else 0.0 if self._attr == "relu" else None)
+        """The activation as ``max(y, slope * y)``: leaky's slope, 0 for relu, 1 for linear; None for any other
+        (the kernels that fuse it skip the max for 1)."""
+        if self._attr == "leaky_relu":
+            return float(self._scalars[0])
+        if self._attr == "relu":
+            return 0.0
+        return 1.0 if isinstance(self.act, nn.Identity) else None
 
     def _activate_(self, y: torch.Tensor) -> torch.Tensor:
         """The activation on a fresh conv output (leaky, relu and CPU mish in place; bf16 mish through fp32:

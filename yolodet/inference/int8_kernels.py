@@ -54,8 +54,8 @@ class KernelConv(nn.Module):
         self.register_buffer("bias", conv.bias.detach().float().contiguous())
         self.in_qp, self.out_shape, self.act = in_qp, conv.out_shape, conv.act
         self.filters = conv.weight.shape[0]
-        slope = 1.0 if isinstance(conv.act, nn.Identity) else conv._fused_slope()  # linear, leaky, relu
-        self.slope, self._frozen = (1.0, conv) if slope is None else (slope, None)  # else: the activation after it
+        slope = conv._fused_slope()  # linear, leaky, relu; None: linear in the kernel, the activation after it
+        self.slope, self._frozen = (1.0, conv) if slope is None else (slope, None)
 
     def _register_products(self, codes: torch.Tensor, scale: torch.Tensor, in_qp: tuple[float, int]) -> None:
         """Register what a kernel summing one set of products per output reads (1x1, direct 3x3): ``codes`` int8
@@ -85,9 +85,10 @@ class KernelConv(nn.Module):
             codes_qp: tuple[float, int] | None = None, keep_float: bool = True
             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """q uint8 [B, C, H, W] -> (fp32 [B, O, H', W'] or None, uint8 codes [B, O, H', W'] of ``codes_qp`` or
-        None), both channels_last (:meth:`out_size`). ``residual`` (fp32 [B, O, H', W']) is added after the activation; ``codes_qp`` asks for
-        the codes (bit for bit :func:`~yolodet.inference.quantize._quantize` of the fp32 output); ``keep_float``
-        False skips the fp32 output (then ``codes_qp`` is required). Both need :attr:`fuses_epilogue`."""
+        None), both channels_last (:meth:`out_size`). ``residual`` (fp32 [B, O, H', W']) is added after the
+        activation; ``codes_qp`` asks for the codes (bit for bit :func:`~yolodet.inference.quantize._quantize` of the
+        fp32 output); ``keep_float`` False skips the fp32 output (then ``codes_qp`` is required). Both need
+        :attr:`fuses_epilogue`."""
         if (residual is not None or codes_qp is not None) and not self.fuses_epilogue:
             raise ValueError("a residual or codes need the activation inside the kernel (leaky, relu or linear)")
         if not keep_float and codes_qp is None:

@@ -52,9 +52,9 @@ def kernel_int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     {8m, 8m+1, 8m+4, 8m+5} and {8m+2, 8m+3, 8m+6, 8m+7}, before ``vpmaddwd`` widens them; each such quad of a
     channel's codes is kept at most 128 in magnitude (255 x 128 fits 16 bits), exact for every input.
 
-    Scale per output channel: the largest quad's sum of |w| over 126 (four roundings add at most 2; a weight alone in
-    its quad keeps 126 codes). Unlike :func:`int8_weights`' bound on *any* two weights (oneDNN's pairing is not known), these
-    quads are fixed: on yolov3-tiny's layers the scale is within a few percent of the pair bound's."""
+    Scale per output channel: the largest quad's sum of |w| over 126 (four roundings add at most 2; a weight alone
+    in its quad keeps 126 codes). Unlike :func:`int8_weights`' bound on *any* two weights (oneDNN's pairing is not
+    known), these quads are fixed: on yolov3-tiny's layers the scale is within a few percent of the pair bound's."""
     w = weight.detach().float()
     o, c = w.shape[0], w.shape[-1]
     padded = torch.zeros(*w.shape[:-1], -(-c // 8) * 8)

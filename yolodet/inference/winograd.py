@@ -153,7 +153,7 @@ class Winograd3x3:
 
     def __call__(self, x: torch.Tensor, slope: float | None = None) -> torch.Tensor:
         """x [N, C, H, W] -> [N, O, H, W] (channels_last), bias added; ``slope``: then ``max(y, slope * y)``
-        (leaky; 0: relu), None: no activation."""
+        (leaky; 0: relu; 1 or None: no activation)."""
         n, c, h, w = x.shape
         if c != self.weight.shape[1]:
             raise ValueError(f"weights {tuple(self.weight.shape)} do not fit an input of {c} channels")
@@ -172,7 +172,7 @@ class Winograd3x3:
         y = torch.matmul(self.ka, prod)  # [T, 16, O]
         y = y.view(n, th, tw, m, m, o).permute(0, 1, 3, 2, 4, 5).reshape(n, th * m, tw * m, o)
         y = y[:, :h, :w].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # [N, O, H, W]
-        return y if slope is None else F.leaky_relu_(y, slope)
+        return y if slope is None or slope == 1.0 else F.leaky_relu_(y, slope)
 
     def _with_kernels(self, kernels, x: torch.Tensor, slope: float | None) -> torch.Tensor:
         """:meth:`__call__` with the transforms in yolodet's AVX2 kernels: NHWC x -> [T, 36, C] tiles, the
