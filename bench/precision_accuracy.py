@@ -56,7 +56,7 @@ from yolodet.inference.postprocess import Detections  # noqa: E402
 from yolodet.inference.direct_int8 import Int8Direct3x3  # noqa: E402
 from yolodet.inference.int8_rounding import kernel_int8_weights  # noqa: E402
 from yolodet.inference.pointwise_int8 import Int8Pointwise  # noqa: E402
-from yolodet.inference.quantize import cpu_has_vnni, int8_weights  # noqa: E402
+from yolodet.inference.quantize import cpu_has_vnni, int8_layer_kind, int8_weights  # noqa: E402
 
 from _coco128_args import add_coco128_args  # noqa: E402  (bench/, next to this script)
 
@@ -114,9 +114,9 @@ class PrebuiltDetector(Detector):
 
 def int8_rounded(conv: FrozenConv) -> torch.Tensor:
     """``conv``'s [O, C, k, k] weight as the int8 mode rounds it: the lane bound where yolodet's AVX2 1x1 or strided
-    kernel runs it, else oneDNN's (:func:`int8_weights`)."""
+    kernel runs it, else oneDNN's (:func:`int8_weights`; the Winograd layers' own rounding is not modelled)."""
     w = conv.weight
-    if not cpu_has_vnni() and (Int8Pointwise.applies(conv) or Int8Direct3x3.applies(conv)):
+    if int8_layer_kind(conv, not cpu_has_vnni()) in (Int8Pointwise, Int8Direct3x3):
         codes, scale = kernel_int8_weights(w.permute(0, 2, 3, 1))
         return (codes.float() * scale.view(-1, 1, 1, 1)).permute(0, 3, 1, 2)
     codes, scale = int8_weights(w, cpu_has_vnni())

@@ -72,7 +72,8 @@ from yolodet.modeling.blocks.base import HeadBlock
 from yolodet.modeling.blocks.structural import Route, Shortcut, Upsample
 from yolodet.modeling.model import Darknet
 
-__all__ = ["QuantConv", "QuantizedNet", "cpu_has_vnni", "int8_available", "int8_weights", "quantize_net"]
+__all__ = ["QuantConv", "QuantizedNet", "cpu_has_vnni", "int8_available", "int8_layer_kind", "int8_weights",
+           "quantize_net"]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,15 @@ class QuantConv(nn.Module):
 _INT8 = (QuantConv, Int8Winograd, Int8Pointwise, Int8Direct3x3)  # the layers that take uint8 codes
 
 
+def int8_layer_kind(conv: FrozenConv, own_kernels: bool) -> type[nn.Module]:
+    """The int8 layer ``conv`` runs as (one :class:`QuantConv.applies` to): yolodet's AVX2 Winograd, 1x1 or strided
+    kernel where ``own_kernels`` (no VNNI) and it applies, else oneDNN's :class:`QuantConv`."""
+    for kind in (Int8Winograd, Int8Pointwise, Int8Direct3x3) if own_kernels else ():
+        if kind.applies(conv):
+            return kind
+    return QuantConv
+
+
 class _Value:
     """One layer's output, held as fp32, as uint8 codes of ``qp``, or both (each made from the other on demand)."""
 
@@ -210,10 +220,7 @@ class QuantizedNet(nn.Module):
         for i, layer in enumerate(layers):
             if (i > 0 and i not in head_inputs and isinstance(layer, FrozenConv)
                     and QuantConv.applies(layer)):
-                kind = (Int8Winograd if own and Int8Winograd.applies(layer)
-                        else Int8Pointwise if own and Int8Pointwise.applies(layer)
-                        else Int8Direct3x3 if own and Int8Direct3x3.applies(layer) else QuantConv)
-                layers[i] = kind(layer, qps[i - 1])
+                layers[i] = int8_layer_kind(layer, own)(layer, qps[i - 1])
         self.fuse = True
         self._plan()
         tiles = [layer.tile for layer in layers if isinstance(layer, Int8Winograd)]
