@@ -18,7 +18,13 @@ For ``--fast int8`` (what ``half`` is on CPUs without native bf16) the fast mode
 (default: the bundled sample image, the product's default) and the weight table rounds each BN-folded conv weight to
 int8 per output channel as the int8 mode does in the spatial domain (the lane bound of yolodet's AVX2 kernels where
 its 1x1 and strided 3x3 ones run, oneDNN's bound elsewhere; its Winograd layers round their transformed weights
-instead, which this table does not model).
+instead, which this table does not model). ``--draws N`` adds a table of N *int8 draws*: the same int8 mode with
+every calibrated range (each layer's low and high) times ``1 + --draw-noise * N(0, 1)``, as calibrating on other
+images moves them, only less (yolov3-tiny, letterbox: one half of coco128 against the other moves a range by a
+median 0.8% of its width, the bundled sample against coco128 by 2.4%; the default draw noise is 0.2%). Each draw is
+an equally valid int8 model; the spread of their APs is how much the int8 cell itself depends on where its rounding
+boundaries happen to fall, and their mean (± its standard error) is the int8 mode's AP shift with that luck
+averaged out.
 
 Not a test. Usage: ``python bench/precision_accuracy.py [--seeds 8] [--preprocess darknet-letterbox]``
 """
@@ -52,6 +58,8 @@ from yolodet.inference.optimize import (
     optimize_for_inference,
     resolve_precision,
 )
+from yolodet.inference.calibrate import Calibration, calibrate  # noqa: E402
+from yolodet.inference.frozen import fold_batchnorm  # noqa: E402
 from yolodet.inference.postprocess import Detections  # noqa: E402
 from yolodet.inference.direct_int8 import Int8Direct3x3  # noqa: E402
 from yolodet.inference.int8_rounding import kernel_int8_weights  # noqa: E402
@@ -72,6 +80,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="relative jitters of the weights in the last table (default: 2**-9 2**-11 2**-13)")
     p.add_argument("--top", type=int, default=6, help="categories in the per-category table (default: 6)")
     p.add_argument("--calibrate", help="int8: folder of calibration images (default: the bundled sample image)")
+    p.add_argument("--draws", type=int, default=0,
+                   help="int8: also evaluate this many int8 draws (default 0)")
+    p.add_argument("--draw-noise", type=float, default=2.0 ** -9,
+                   help="relative jitter of the calibrated ranges in the int8 draws (default: 2**-9)")
     p.add_argument("--skip-weight-table", action="store_true", help="leave out the altered-weights table")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, help="image-loading processes (default: as tools/eval_coco.py)")
@@ -145,6 +157,25 @@ def run_altered_weights(args: argparse.Namespace, preprocess: str, seed: int | N
     return result.ap, result.ap50
 
 
+def int8_draws(args: argparse.Namespace, preprocess: str) -> list[EvalResult]:
+    """``args.draws`` int8 evaluations, each with the calibration's ranges times ``1 + args.draw_noise * N(0, 1)``
+    (seeded by the draw's index; the ranges are measured once, as the int8 mode measures them)."""
+    model = load_model(args.cfg, args.weights)
+    with torch.no_grad():
+        folded = fold_batchnorm(model).to(args.device)
+        base = calibrate(folded, args.calibrate, img_size=(model.net.width, model.net.height),
+                         preprocess_mode=preprocess)
+    results = []
+    for seed in range(args.draws):
+        g = torch.Generator().manual_seed(seed)
+        ranges = base.ranges * (1 + args.draw_noise * torch.randn(base.ranges.shape, generator=g, dtype=torch.float64))
+        ranges = torch.stack([ranges.min(1).values, ranges.max(1).values], 1)  # low <= high where a range is ~0
+        cal = Calibration(ranges, base.images, base.source)
+        detector = Detector(model, preprocess=preprocess, device=args.device, precision="int8", calibration=cal)
+        results.append(evaluate(detector, args.source, gt=args.gt, workers=args.workers, progress=False))
+    return results
+
+
 def category_shares(fp32: EvalResult, fast: EvalResult, top: int) -> list[str]:
     """Markdown rows: the ``top`` categories whose AP change contributes most to ``fast.ap - fp32.ap``, then the
     rest together (a category's share: its AP change over the number of categories with ground truth, which is how
@@ -169,10 +200,14 @@ def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.seeds < 2:
         raise SystemExit(f"--seeds must be >= 2 (a spread needs two runs), got {args.seeds}")
+    if args.draws == 1 or args.draws < 0:
+        raise SystemExit(f"--draws must be 0 or >= 2 (a spread needs two runs), got {args.draws}")
     fast = resolve_precision(args.fast, args.device)
     if fast == "fp32":
         raise SystemExit(f"{args.device} has no fast reduced precision ({fast_precision(args.device)}): nothing to "
                          "compare")
+    if args.draws and fast != "int8":
+        raise SystemExit(f"--draws varies an int8 calibration; the fast mode here is {fast}")
     args.source = read_coco(args.annotations, None)
     if args.workers is None:
         args.workers = default_workers(len(args.source.samples), 8)
@@ -186,6 +221,7 @@ def main(args: argparse.Namespace) -> None:
           "(mean ± sd) | paired fast - fp32 (mean ± s.e.) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     exact = {}  # (preprocess, precision) -> EvalResult, shared by the tables
+    bands = {}  # (preprocess, metric) -> sd of the jittered fp32 runs
     for preprocess in args.preprocess:
         for p in ("fp32", fast):
             exact[preprocess, p] = run(args, p, preprocess, None)
@@ -193,11 +229,31 @@ def main(args: argparse.Namespace) -> None:
         for metric in ("ap", "ap50"):
             a, b = getattr(exact[preprocess, "fp32"], metric), getattr(exact[preprocess, fast], metric)
             ja = [getattr(r, metric) for r in jittered["fp32"]]
+            bands[preprocess, metric] = statistics.stdev(ja)
             jb = [getattr(r, metric) for r in jittered[fast]]
             diffs = [y - x for x, y in zip(ja, jb)]
             se = statistics.stdev(diffs) / len(diffs) ** 0.5
             print(f"| {preprocess} | {metric.upper()} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {_mean_sd(ja)} | "
                   f"{_mean_sd(jb)} | {statistics.mean(diffs):+.4f} ± {se:.4f} |", flush=True)
+
+    if args.draws and fast == "int8":
+        print(f"\n{args.draws} int8 draws (every calibrated range times 1 + {args.draw_noise:.2g} N(0, 1)) against "
+              "the exact fp32 run and its jitter band (the fp32 jittered sd above):\n")
+        print("| preprocess | metric | fp32 | int8 | int8 draws (mean ± sd) | draws - fp32 (min to max) | "
+              "mean draw - fp32 (± s.e.) | fp32 band | draws inside the band |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for preprocess in args.preprocess:
+            draws = int8_draws(args, preprocess)
+            for metric in ("ap", "ap50"):
+                ref, single = (getattr(exact[preprocess, p], metric) for p in ("fp32", fast))
+                values = [getattr(r, metric) for r in draws]
+                band = bands[preprocess, metric]
+                mean = statistics.mean(values)
+                se = statistics.stdev(values) / len(values) ** 0.5
+                inside = sum(abs(v - ref) <= band for v in values)
+                print(f"| {preprocess} | {metric.upper()} | {ref:.4f} | {single:.4f} | {_mean_sd(values)} | "
+                      f"{min(values) - ref:+.4f} to {max(values) - ref:+.4f} | {mean - ref:+.4f} ± {se:.4f} | "
+                      f"±{band:.4f} | {inside} of {len(values)} |", flush=True)
 
     print(f"\nWhere fast - fp32 AP comes from: the {args.top} categories that move it most (a category's AP change "
           "over the number of categories with ground truth; they add up to the total).\n")
@@ -216,7 +272,8 @@ def main(args: argparse.Namespace) -> None:
         ref = exact[preprocess, "fp32"]
         print(f"| {preprocess} | official weights | {ref.ap:.4f} | | {ref.ap50:.4f} | |")
         ap, ap50 = run_altered_weights(args, preprocess, fast=fast)
-        print(f"| {preprocess} | weights rounded to {'int8 per channel' if fast == 'int8' else 'bf16'} | {ap:.4f} | {ap - ref.ap:+.4f} | {ap50:.4f} | "
+        rounded = "int8 per channel" if fast == "int8" else "bf16"
+        print(f"| {preprocess} | weights rounded to {rounded} | {ap:.4f} | {ap - ref.ap:+.4f} | {ap50:.4f} | "
               f"{ap50 - ref.ap50:+.4f} |", flush=True)
         for noise in args.weight_noise:
             runs = [run_altered_weights(args, preprocess, seed, noise) for seed in range(args.seeds)]
