@@ -1,10 +1,11 @@
-/* The order in which the int8 Winograd kernels (winograd_int8.c, winograd_f4.c) run their blocks of tiles x 16
- * output channels, split over OpenMP threads:
+/* The order in which the int8 kernels run their blocks of tiles (or pixels) x 16 output channels, split over OpenMP
+ * threads:
  *   - weights within weight_budget (they stay in a core's L2): each thread runs whole tile blocks, every output
  *     block;
  *   - larger weights (13x13 and 26x26 maps): tiles in chunks whose transformed input (per_block bytes a tile block)
  *     fits tile_budget; within a chunk the threads split the output blocks and run all the chunk's tiles against one
- *     block of weights at a time, so the weights are read once per chunk, not once per tile block.
+ *     block of weights at a time, so the weights are read once per chunk, not once per tile block. The 1x1 and
+ *     direct kernels (pointwise_int8.c, direct_int8.c) make every block one chunk: output-major.
  */
 #ifndef YOLODET_BLOCK_ORDER_H
 #define YOLODET_BLOCK_ORDER_H

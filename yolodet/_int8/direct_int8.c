@@ -5,9 +5,10 @@
  * falls outside the image reads a row of the zero point's code, so every tap sums C products and the zero-point
  * correction is one constant per output channel. Block order: pixel-major while the weights stay in L2 (each
  * thread a range of pixel blocks, every output block); else output-major (the threads split the output blocks; one
- * block's weights, 9 x 16 x C bytes, stay in L2 for every pixel).
+ * block's weights, 9 x 16 x C bytes, stay in L2 for every pixel; block_order.h with one chunk).
  */
 #include "direct_int8.h"
+#include "block_order.h"
 #include "products_u8s8.h"
 
 #include <immintrin.h>
@@ -16,8 +17,6 @@
 #include <string.h>
 
 _Static_assert(DIRECT_NR == U8S8_NR, "one packed weight block is one product block wide");
-
-#define L2_WEIGHTS ((size_t)256 * 1024)
 
 struct conv_args {
     const uint8_t *x, *pad; /* pad: C bytes of the zero point's code */
@@ -29,7 +28,8 @@ struct conv_args {
 };
 
 /* Output pixels pb * 4 .. + 3 x outputs bo * 16 .. + 15. */
-static void block(const struct conv_args *a, int pb, int bo) {
+static void block(const void *args, int pb, int bo) {
+    const struct conv_args *a = args;
     int32_t acc[U8S8_MR][U8S8_NR] __attribute__((aligned(32)));
     const uint8_t *rows[U8S8_MR];
     const int P = a->Ho * a->Wo, p0 = pb * U8S8_MR, np = P - p0 < U8S8_MR ? P - p0 : U8S8_MR;
@@ -48,23 +48,7 @@ static void block(const struct conv_args *a, int pb, int bo) {
         }
         products_u8s8(rows, a->packed + t * tap_bytes + (size_t)bo * a->cq * U8S8_NR * 4, a->cq, acc, t > 0);
     }
-    const int O = a->O;
-    for (int j0 = 0; j0 < U8S8_NR; j0 += 8) {
-        const int o = bo * U8S8_NR + j0;
-        if (o + 8 <= O) {
-            const __m256i c = _mm256_loadu_si256((const __m256i *)(a->corr + o));
-            const __m256 s = _mm256_loadu_ps(a->scale + o), b = _mm256_loadu_ps(a->bias + o);
-            for (int r = 0; r < np; r++) {
-                const __m256i v = _mm256_sub_epi32(_mm256_load_si256((const __m256i *)(acc[r] + j0)), c);
-                epilogue8(a->e, (size_t)(p0 + r) * O + o, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), s), b));
-            }
-        } else {
-            for (int r = 0; r < np; r++)
-                for (int q = o; q < O; q++)
-                    epilogue1(a->e, (size_t)(p0 + r) * O + q,
-                              (float)(acc[r][q - bo * U8S8_NR] - a->corr[q]) * a->scale[q] + a->bias[q]);
-        }
-    }
+    store_products(acc, np, p0, bo, a->O, a->corr, a->scale, a->bias, a->e);
 }
 
 int direct3x3_int8_conv(const uint8_t *x, int H, int W, int C, int z, int stride, const int8_t *packed, int O,
@@ -77,15 +61,9 @@ int direct3x3_int8_conv(const uint8_t *x, int H, int W, int C, int z, int stride
     memset(pad, z, (size_t)C);
     const struct conv_args a = {x, pad, H, W, C, cq, stride, Ho, Wo, O, ob, packed, corr, scale, bias, e};
     const int blocks = (Ho * Wo + U8S8_MR - 1) / U8S8_MR;
-    if ((size_t)9 * ob * U8S8_NR * cq * 4 <= L2_WEIGHTS) {
-#pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
-        for (int pb = 0; pb < blocks; pb++)
-            for (int bo = 0; bo < ob; bo++) block(&a, pb, bo);
-    } else {
-#pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
-        for (int bo = 0; bo < ob; bo++)
-            for (int pb = 0; pb < blocks; pb++) block(&a, pb, bo);
-    }
+#pragma omp parallel num_threads(nthreads)
+    run_blocks(block, &a, blocks, ob, (size_t)9 * ob * U8S8_NR * cq * 4, 1, U8S8_L2_WEIGHTS,
+               (size_t)blocks); /* output-major over all pixel blocks at once (one chunk) */
     free(pad);
     return 0;
 }

@@ -1,5 +1,5 @@
-/* What the int8 kernels (winograd_int8.c, winograd_f4.c, pointwise_int8.c) do with each output value once the
- * convolution and its bias are summed: the activation, then optionally a residual added (a Darknet [shortcut] that
+/* What the int8 kernels (winograd_int8.c, winograd_f4.c, pointwise_int8.c, direct_int8.c) do with each output value
+ * once the convolution and its bias are summed: the activation, then optionally a residual added (a Darknet [shortcut] that
  * follows the convolution, fused into it), then the stores: the float output and/or the uint8 codes the next int8
  * layer reads (fused here, they save a float write, its read back and a pass).
  *

@@ -7,6 +7,7 @@
  * pixel).
  */
 #include "pointwise_int8.h"
+#include "block_order.h"
 #include "products_u8s8.h"
 
 #include <immintrin.h>
@@ -14,46 +15,32 @@
 
 _Static_assert(POINTWISE_NR == U8S8_NR, "one packed weight block is one product block wide");
 
-#define L2_WEIGHTS ((size_t)256 * 1024)
+struct conv_args {
+    const uint8_t *x;
+    int P, C, O, ob;
+    const int8_t *packed;
+    const int32_t *corr;
+    const float *scale, *bias;
+    const struct epilogue *e;
+};
 
 /* Pixels pb * 4 .. + 3 x outputs bo * 16 .. + 15. */
-static void block(const uint8_t *x, int P, int C, const int8_t *packed, int O, const int32_t *corr, const float *scale,
-                  const float *bias, const struct epilogue *e, int pb, int bo) {
+static void block(const void *args, int pb, int bo) {
+    const struct conv_args *a = args;
     int32_t acc[U8S8_MR][U8S8_NR] __attribute__((aligned(32)));
     const uint8_t *rows[U8S8_MR];
-    const int p0 = pb * U8S8_MR, np = P - p0 < U8S8_MR ? P - p0 : U8S8_MR;
+    const int p0 = pb * U8S8_MR, np = a->P - p0 < U8S8_MR ? a->P - p0 : U8S8_MR;
     for (int r = 0; r < U8S8_MR; r++) /* past the last pixel: recompute the last one, never stored */
-        rows[r] = x + (size_t)(p0 + (r < np ? r : np - 1)) * C;
-    products_u8s8(rows, packed + (size_t)bo * C * U8S8_NR, C / 4, acc, 0);
-    for (int j0 = 0; j0 < U8S8_NR; j0 += 8) {
-        const int o = bo * U8S8_NR + j0;
-        if (o + 8 <= O) {
-            const __m256i c = _mm256_loadu_si256((const __m256i *)(corr + o));
-            const __m256 s = _mm256_loadu_ps(scale + o), b = _mm256_loadu_ps(bias + o);
-            for (int r = 0; r < np; r++) {
-                const __m256i a = _mm256_sub_epi32(_mm256_load_si256((const __m256i *)(acc[r] + j0)), c);
-                epilogue8(e, (size_t)(p0 + r) * O + o, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), s), b));
-            }
-        } else {
-            for (int r = 0; r < np; r++)
-                for (int q = o; q < O; q++) {
-                    epilogue1(e, (size_t)(p0 + r) * O + q,
-                              (float)(acc[r][q - bo * U8S8_NR] - corr[q]) * scale[q] + bias[q]);
-                }
-        }
-    }
+        rows[r] = a->x + (size_t)(p0 + (r < np ? r : np - 1)) * a->C;
+    products_u8s8(rows, a->packed + (size_t)bo * a->C * U8S8_NR, a->C / 4, acc, 0);
+    store_products(acc, np, p0, bo, a->O, a->corr, a->scale, a->bias, a->e);
 }
 
 void pointwise_int8_conv(const uint8_t *x, int P, int C, const int8_t *packed, int O, const int32_t *corr,
                          const float *scale, const float *bias, const struct epilogue *e, int nthreads) {
     const int blocks = (P + U8S8_MR - 1) / U8S8_MR, ob = (O + U8S8_NR - 1) / U8S8_NR;
-    if ((size_t)ob * U8S8_NR * C <= L2_WEIGHTS) {
-#pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
-        for (int pb = 0; pb < blocks; pb++)
-            for (int bo = 0; bo < ob; bo++) block(x, P, C, packed, O, corr, scale, bias, e, pb, bo);
-    } else {
-#pragma omp parallel for num_threads(nthreads) schedule(static) collapse(2)
-        for (int bo = 0; bo < ob; bo++)
-            for (int pb = 0; pb < blocks; pb++) block(x, P, C, packed, O, corr, scale, bias, e, pb, bo);
-    }
+    const struct conv_args a = {x, P, C, O, ob, packed, corr, scale, bias, e};
+#pragma omp parallel num_threads(nthreads)
+    run_blocks(block, &a, blocks, ob, (size_t)ob * U8S8_NR * C, 1, U8S8_L2_WEIGHTS,
+               (size_t)blocks); /* output-major over all pixel blocks at once (one chunk) */
 }

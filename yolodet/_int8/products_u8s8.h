@@ -9,8 +9,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "epilogue.h"
+
 #define U8S8_MR 4  /* rows per register block */
 #define U8S8_NR 16 /* output channels per packed weight block */
+/* The 1x1 and direct kernels run pixel-major while their weights fit this (a core's L2), else output-major. */
+#define U8S8_L2_WEIGHTS ((size_t)256 * 1024)
 
 /* acc[r][0..15] = sum over 4-channel groups k of rows[r][4k..4k+3] . w[k][0..15][0..3]. Two groups at a time: the
  * two vpmaddubsw pair sums of groups k and k + 1 are added in 16 bits (vpaddw) before vpmaddwd widens them, one
@@ -81,6 +85,29 @@ static inline void products_u8s8(const uint8_t *const rows[U8S8_MR], const int8_
     _mm256_storeu_si256((__m256i *)(acc[2] + 8), c21);
     _mm256_storeu_si256((__m256i *)acc[3], c30);
     _mm256_storeu_si256((__m256i *)(acc[3] + 8), c31);
+}
+
+/* The first np rows of a product block (pixels p0 .. p0 + np - 1, outputs bo * 16 .. + 15 of O) through the
+ * dequantisation, (acc - corr[o]) * scale[o] + bias[o], and the epilogue at pixel * O + o: the 1x1 and direct
+ * kernels' one scale per output channel. */
+static inline void store_products(int32_t acc[U8S8_MR][U8S8_NR], int np, int p0, int bo, int O, const int32_t *corr,
+                                  const float *scale, const float *bias, const struct epilogue *e) {
+    for (int j0 = 0; j0 < U8S8_NR; j0 += 8) {
+        const int o = bo * U8S8_NR + j0;
+        if (o + 8 <= O) {
+            const __m256i c = _mm256_loadu_si256((const __m256i *)(corr + o));
+            const __m256 s = _mm256_loadu_ps(scale + o), b = _mm256_loadu_ps(bias + o);
+            for (int r = 0; r < np; r++) {
+                const __m256i a = _mm256_sub_epi32(_mm256_load_si256((const __m256i *)(acc[r] + j0)), c);
+                epilogue8(e, (size_t)(p0 + r) * O + o, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), s), b));
+            }
+        } else { /* the tail of an O that is not a multiple of 8 */
+            for (int r = 0; r < np; r++)
+                for (int q = o; q < O; q++)
+                    epilogue1(e, (size_t)(p0 + r) * O + q,
+                              (float)(acc[r][q - bo * U8S8_NR] - corr[q]) * scale[q] + bias[q]);
+        }
+    }
 }
 
 #endif

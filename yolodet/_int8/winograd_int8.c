@@ -5,10 +5,10 @@
  *      4 * 255 fits) in a per-thread scratch, the shift each position needs, then the uint8 codes Vq, stored
  *      [tile][position][C4] (C4 = C rounded up to 4);
  *   2. products and output transform, per block of MR tiles x 16 output channels: for each of the 16 positions an
- *      MR x 16 int32 product over C by vpmaddubsw (uint8 x int8, two pairs summed in 16 bits: exact, the caller
- *      bounds the weights) + vpmaddwd (into 32 bits; products_u8s8.h), then A^T M A, bias and leaky on those 16
- *      sums while they are still in L1, then the epilogue (epilogue.h: a fused residual, the float output and/or the next
- *      layer's uint8 codes). Block order: see winograd_int8_conv.
+ *      MR x 16 int32 product over C by vpmaddubsw (uint8 x int8, four products summed in 16 bits: exact, the
+ *      caller bounds the weights) + vpmaddwd (into 32 bits; products_u8s8.h), then A^T M A, bias and leaky on those
+ *      16 sums while they are still in L1, then the epilogue (epilogue.h: a fused residual, the float output and/or
+ *      the next layer's uint8 codes). Block order: see winograd_int8_conv.
  */
 #include "winograd_int8.h"
 #include "block_order.h"
