@@ -12,10 +12,9 @@ the zero padding) times the int8 weights of :func:`~yolodet.inference.int8_round
 ``z * sum(codes)``, times the two scales, plus the bias, then leaky/relu; other activations after it in fp32.
 
 Where: 3x3 convolutions with a stride (2 in every Darknet cfg), padding 1, undilated, ungrouped, with a multiple of 4
-input channels, that the int8 mode runs in int8, when oneDNN has no VNNI and the AVX2 kernels are available. Measured
-per layer against oneDNN's direct int8 kernel with its leaky pass (2-core EPYC, AVX2 code, ms): 32 -> 64 @416 4.53
-against 4.40, 64 -> 128 @208 3.93 / 4.02, 128 -> 256 @104 3.65 / 4.08, 256 -> 512 @52 3.40 / 4.20, 512 -> 1024 @26
-3.44 / 4.31; in yolo-v3 with the codes written for the next layer it also wins on the 32-channel one.
+input channels, that the int8 mode runs in int8, when oneDNN has no VNNI and the AVX2 kernels are available. Its
+time per layer against oneDNN's direct int8 kernel (``bench/int8_conv3x3.py``, 0.8-1.0 of it on darknet53's five
+shapes) and in the network is in the README's int8 section.
 """
 
 from __future__ import annotations
