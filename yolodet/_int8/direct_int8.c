@@ -20,11 +20,9 @@ _Static_assert(DIRECT_NR == U8S8_NR, "one packed weight block is one product blo
 
 struct conv_args {
     const uint8_t *x, *pad; /* pad: C bytes of the zero point's code */
-    int H, W, C, cq, stride, Ho, Wo, O, ob;
+    int H, W, C, cq, stride, Ho, Wo, ob;
     const int8_t *packed;
-    const int32_t *corr;
-    const float *scale, *bias;
-    const struct epilogue *e;
+    struct u8s8_store st;
 };
 
 /* Output pixels pb * 4 .. + 3 x outputs bo * 16 .. + 15. */
@@ -48,7 +46,7 @@ static void block(const void *args, int pb, int bo) {
         }
         products_u8s8(rows, a->packed + t * tap_bytes + (size_t)bo * a->cq * U8S8_NR * 4, a->cq, acc, t > 0);
     }
-    store_products(acc, np, p0, bo, a->O, a->corr, a->scale, a->bias, a->e);
+    store_products(acc, np, p0, bo, &a->st);
 }
 
 int direct3x3_int8_conv(const uint8_t *x, int H, int W, int C, int z, int stride, const int8_t *packed, int O,
@@ -59,7 +57,7 @@ int direct3x3_int8_conv(const uint8_t *x, int H, int W, int C, int z, int stride
     uint8_t *pad = malloc((size_t)C);
     if (pad == NULL) return -1;
     memset(pad, z, (size_t)C);
-    const struct conv_args a = {x, pad, H, W, C, cq, stride, Ho, Wo, O, ob, packed, corr, scale, bias, e};
+    const struct conv_args a = {x, pad, H, W, C, cq, stride, Ho, Wo, ob, packed, {O, corr, scale, bias, e}};
     const int blocks = (Ho * Wo + U8S8_MR - 1) / U8S8_MR;
 #pragma omp parallel num_threads(nthreads)
     run_blocks(block, &a, blocks, ob, (size_t)9 * ob * U8S8_NR * cq * 4, 1, U8S8_L2_WEIGHTS,

@@ -1,7 +1,7 @@
 /* What the int8 kernels (winograd_int8.c, winograd_f4.c, pointwise_int8.c, direct_int8.c) do with each output value
- * once the convolution and its bias are summed: the activation, then optionally a residual added (a Darknet [shortcut] that
- * follows the convolution, fused into it), then the stores: the float output and/or the uint8 codes the next int8
- * layer reads (fused here, they save a float write, its read back and a pass).
+ * once the convolution and its bias are summed: the activation, then optionally a residual added (a Darknet
+ * [shortcut] that follows the convolution, fused into it), then the stores: the float output and/or the uint8 codes
+ * the next int8 layer reads (fused here, they save a float write, its read back and a pass).
  *
  *   y      max(y, slope * y) (leaky; slope 1: none, 0: relu);
  *   y      y + residual[at] when residual is not NULL (the same float addition as the [shortcut] layer's);

@@ -17,11 +17,9 @@ _Static_assert(POINTWISE_NR == U8S8_NR, "one packed weight block is one product 
 
 struct conv_args {
     const uint8_t *x;
-    int P, C, O, ob;
+    int P, C;
     const int8_t *packed;
-    const int32_t *corr;
-    const float *scale, *bias;
-    const struct epilogue *e;
+    struct u8s8_store st;
 };
 
 /* Pixels pb * 4 .. + 3 x outputs bo * 16 .. + 15. */
@@ -33,13 +31,13 @@ static void block(const void *args, int pb, int bo) {
     for (int r = 0; r < U8S8_MR; r++) /* past the last pixel: recompute the last one, never stored */
         rows[r] = a->x + (size_t)(p0 + (r < np ? r : np - 1)) * a->C;
     products_u8s8(rows, a->packed + (size_t)bo * a->C * U8S8_NR, a->C / 4, acc, 0);
-    store_products(acc, np, p0, bo, a->O, a->corr, a->scale, a->bias, a->e);
+    store_products(acc, np, p0, bo, &a->st);
 }
 
 void pointwise_int8_conv(const uint8_t *x, int P, int C, const int8_t *packed, int O, const int32_t *corr,
                          const float *scale, const float *bias, const struct epilogue *e, int nthreads) {
     const int blocks = (P + U8S8_MR - 1) / U8S8_MR, ob = (O + U8S8_NR - 1) / U8S8_NR;
-    const struct conv_args a = {x, P, C, O, ob, packed, corr, scale, bias, e};
+    const struct conv_args a = {x, P, C, packed, {O, corr, scale, bias, e}};
 #pragma omp parallel num_threads(nthreads)
     run_blocks(block, &a, blocks, ob, (size_t)ob * U8S8_NR * C, 1, U8S8_L2_WEIGHTS,
                (size_t)blocks); /* output-major over all pixel blocks at once (one chunk) */

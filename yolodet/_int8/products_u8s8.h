@@ -87,11 +87,22 @@ static inline void products_u8s8(const uint8_t *const rows[U8S8_MR], const int8_
     _mm256_storeu_si256((__m256i *)(acc[3] + 8), c31);
 }
 
-/* The first np rows of a product block (pixels p0 .. p0 + np - 1, outputs bo * 16 .. + 15 of O) through the
- * dequantisation, (acc - corr[o]) * scale[o] + bias[o], and the epilogue at pixel * O + o: the 1x1 and direct
- * kernels' one scale per output channel. */
-static inline void store_products(int32_t acc[U8S8_MR][U8S8_NR], int np, int p0, int bo, int O, const int32_t *corr,
-                                  const float *scale, const float *bias, const struct epilogue *e) {
+/* What the sums of a product block become in the 1x1 and direct kernels (one scale per output channel): output o of
+ * O is (acc - corr[o]) * scale[o] + bias[o], then the epilogue e. */
+struct u8s8_store {
+    int O;
+    const int32_t *corr;
+    const float *scale, *bias;
+    const struct epilogue *e;
+};
+
+/* The first np rows of a product block (pixels p0 .. p0 + np - 1, outputs bo * 16 .. + 15) stored as st says, at
+ * pixel * O + o. */
+static inline void store_products(int32_t acc[U8S8_MR][U8S8_NR], int np, int p0, int bo, const struct u8s8_store *st) {
+    const int O = st->O;
+    const int32_t *corr = st->corr;
+    const float *scale = st->scale, *bias = st->bias;
+    const struct epilogue *e = st->e;
     for (int j0 = 0; j0 < U8S8_NR; j0 += 8) {
         const int o = bo * U8S8_NR + j0;
         if (o + 8 <= O) {
